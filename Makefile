@@ -1,0 +1,44 @@
+# distilwave — the commands a newcomer can guess.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PRESET ?= cpu-8k
+
+.PHONY: setup test lint format demo bench clean help
+
+help:
+	@echo "make setup   create $(VENV) and install distilwave with its dev tools (idempotent)"
+	@echo "make test    run the test suite (installs what it needs first)"
+	@echo "make lint    ruff (lint + format check) and mypy"
+	@echo "make demo    run the whole pipeline on the default real corpus (preset $(PRESET))"
+	@echo "make bench   run the benchmarks and write benchmarks/results/*.json"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: $(STAMP)
+	$(BIN)/distilwave pipeline --preset $(PRESET)
+
+bench: $(STAMP)
+	$(BIN)/distilwave bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

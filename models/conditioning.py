@@ -1,0 +1,171 @@
+"""Conditioning shared by teacher and student: the learned upsampler and the per-batch context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.config import SourceFilterConfig, UpsamplerConfig
+from models.lpc import LinearPrediction, linear_prediction
+from models.mel import MelFrontEnd
+from models.wavenet import WaveNet
+
+
+class Upsampler(nn.Module):
+    """Mel frames (and speaker) -> conditioning features at frame rate, ``(B, M, C)``.
+
+    The features are interpolated linearly between frame centres to one vector per
+    sample by ``interpolate_frames``; every WaveNet projects them at frame rate first
+    (exact, since projection and interpolation are both linear, and ``hop`` times cheaper).
+
+    Args:
+        config: channels and depth of the frame encoder.
+        n_mels: mel bands (0 for an unconditional model).
+        n_speakers: speakers for global conditioning (0: none).
+    """
+
+    def __init__(self, config: UpsamplerConfig, n_mels: int, n_speakers: int) -> None:
+        super().__init__()
+        self.config = config
+        self.n_mels = n_mels
+        self.speaker = nn.Embedding(n_speakers, config.speaker_dim) if n_speakers > 0 else None
+        in_channels = n_mels + (config.speaker_dim if n_speakers > 0 else 0)
+        layers: list[nn.Module] = []
+        for _ in range(config.layers if in_channels > 0 else 0):
+            layers += [
+                nn.Conv1d(
+                    in_channels,
+                    config.channels,
+                    config.kernel_size,
+                    padding=config.kernel_size // 2,
+                    padding_mode="replicate",
+                ),
+                nn.LeakyReLU(0.2),
+            ]
+            in_channels = config.channels
+        self.encoder = nn.Sequential(*layers)
+        self.out_channels = config.channels if layers else 0
+
+    @property
+    def n_speakers(self) -> int:
+        return 0 if self.speaker is None else self.speaker.num_embeddings
+
+    def forward(self, mel: Tensor | None, speaker: Tensor | None, frames: int) -> Tensor | None:
+        """``mel`` ``(B, n_mels, M)`` or None, ``speaker`` ``(B,)`` or None -> ``(B, M, C)``."""
+        parts: list[Tensor] = []
+        if self.n_mels > 0:
+            if mel is None:
+                raise ValueError("this model is conditional: it needs a mel spectrogram")
+            parts.append(mel)
+        if self.speaker is not None:
+            if speaker is None:
+                raise ValueError(f"this model has {self.n_speakers} speakers: pass a speaker id")
+            if speaker.dim() != 1:
+                raise ValueError("speaker must be a (B,) tensor of ids")
+            if bool((speaker < 0).any()) or bool((speaker >= self.n_speakers).any()):
+                raise ValueError(f"speaker ids must lie in [0, {self.n_speakers})")
+            emb = self.speaker(speaker)  # (B, D)
+            parts.append(emb[:, :, None].expand(-1, -1, frames))
+        elif speaker is not None:
+            raise ValueError("this model has no speakers: do not pass a speaker id")
+        if not parts:
+            return None
+        features: Tensor = self.encoder(torch.cat(parts, dim=1))  # (B, C, M)
+        return features.transpose(1, 2)
+
+
+@dataclass
+class Context:
+    """Everything a flow needs about one batch besides the variable itself.
+
+    Attributes:
+        batch: batch size B.
+        num_samples: T, the length of the waveform this context describes.
+        hop: samples between frame centres.
+        frames: ``(B, M, C)`` upsampler features (M >= T / hop + 1) or None.
+        lpc: per-block linear prediction (source-filter models) or None.
+    """
+
+    batch: int
+    num_samples: int
+    hop: int
+    frames: Tensor | None = None
+    lpc: LinearPrediction | None = None
+
+
+def interpolate_frames(projected: Tensor, t0: int, t1: int, hop: int) -> Tensor:
+    """Frame-rate ``(B, M, C)`` -> per-sample ``(B, t1 - t0, C)``, linear between frame centres.
+
+    Sample ``t`` sits at fractional frame ``t / hop``; indices past the last frame clamp.
+    """
+    last = projected.shape[1] - 1
+    t = torch.arange(t0, t1, device=projected.device)
+    left = (t // hop).clamp_max(last)
+    right = (left + 1).clamp_max(last)
+    weight = ((t % hop).to(projected.dtype) / hop)[None, :, None]
+    lo = projected.index_select(1, left)
+    hi = projected.index_select(1, right)
+    return torch.lerp(lo, hi, weight)
+
+
+def project_frames(net: WaveNet, context: Context) -> Tensor | None:
+    """The WaveNet's conditioning projection applied at frame rate, ``(B, M, cond_width)``."""
+    if net.cond_projection is None or context.frames is None:
+        return None
+    projected: Tensor = net.cond_projection(context.frames)
+    return projected
+
+
+def make_context(
+    front_end: MelFrontEnd,
+    upsampler: Upsampler,
+    source_filter: SourceFilterConfig | None,
+    mel: Tensor | None,
+    num_samples: int | None,
+    speaker: Tensor | None,
+    batch: int,
+    with_impulse: bool,
+) -> Context:
+    """Validate the conditioning inputs of one batch and derive everything the flows need.
+
+    A conditional model takes ``mel`` ``(B, n_mels, M)`` and describes ``(M - 1) * hop``
+    samples (between the first and last frame centres). An unconditional one takes
+    ``num_samples`` and ``batch`` (or the batch of ``speaker``).
+    """
+    hop = front_end.config.hop_length
+    if upsampler.n_mels > 0:
+        if mel is None:
+            raise ValueError("this model is conditional: pass a mel spectrogram")
+        mel = front_end.check_features(mel)
+        batch, frames = mel.shape[0], mel.shape[-1]
+        steps = (frames - 1) * hop
+        if num_samples is not None and num_samples != steps:
+            raise ValueError(
+                f"{frames} mel frames describe {steps} samples at hop {hop}, not {num_samples}"
+            )
+    else:
+        if mel is not None:
+            raise ValueError("this model is unconditional: it takes no mel spectrogram")
+        if num_samples is None or num_samples <= 0:
+            raise ValueError("an unconditional model needs num_samples > 0")
+        if speaker is not None:
+            batch = speaker.shape[0]
+        steps = num_samples
+        frames = -(-steps // hop) + 1
+    if speaker is not None and speaker.shape[0] != batch:
+        raise ValueError(f"speaker has batch {speaker.shape[0]}, the mel has {batch}")
+    features = upsampler(mel, speaker, frames)
+    lpc = None
+    if source_filter is not None:
+        assert mel is not None
+        lpc = linear_prediction(
+            mel,
+            front_end.config,
+            source_filter,
+            front_end.filterbank,
+            front_end.window,
+            with_impulse=with_impulse,
+        )
+    return Context(batch=batch, num_samples=steps, hop=hop, frames=features, lpc=lpc)

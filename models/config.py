@@ -1,0 +1,161 @@
+"""Typed configuration of every model component.
+
+Each component takes its own small config; values that follow from others
+(conditioning channels = n_mels, the dilation schedule, the receptive field)
+are derived, never stored twice. Unknown keys are an error everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """A frozen pydantic model that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MelConfig(StrictModel):
+    """The log-mel front end (torchaudio MelSpectrogram, slaney mel, magnitude).
+
+    Features are ``(log(max(mel, log_floor)) + norm_offset) / norm_scale``.
+    """
+
+    sample_rate: int = Field(8000, gt=0, le=192_000)
+    n_fft: int = Field(1024, gt=0)
+    win_length: int | None = Field(None, gt=0)
+    hop_length: int = Field(100, gt=0)
+    n_mels: int = Field(80, gt=0, le=512)
+    f_min: float = Field(0.0, ge=0.0)
+    f_max: float | None = Field(None, gt=0.0)
+    log_floor: float = Field(1e-5, gt=0.0)
+    norm_offset: float = 6.0
+    norm_scale: float = Field(2.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.window > self.n_fft:
+            raise ValueError(f"win_length {self.window} exceeds n_fft {self.n_fft}")
+        if self.hop_length > self.window:
+            raise ValueError(f"hop_length {self.hop_length} exceeds the window {self.window}")
+        if self.upper_frequency > self.sample_rate / 2:
+            raise ValueError(f"f_max {self.f_max} is above Nyquist ({self.sample_rate / 2} Hz)")
+        if self.f_min >= self.upper_frequency:
+            raise ValueError(f"f_min {self.f_min} must be below f_max {self.upper_frequency}")
+        return self
+
+    @property
+    def window(self) -> int:
+        return self.win_length or self.n_fft
+
+    @property
+    def upper_frequency(self) -> float:
+        return self.f_max if self.f_max is not None else self.sample_rate / 2
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames the (centred) front end yields for ``num_samples`` samples."""
+        return num_samples // self.hop_length + 1
+
+
+class WaveNetConfig(StrictModel):
+    """A causal dilated convolution stack with gated units (van den Oord et al., 2016).
+
+    Dilations run 1, 2, 4, ... 2^(cycle-1) and repeat until ``layers`` layers exist.
+    """
+
+    layers: int = Field(6, ge=1, le=64)
+    cycle: int = Field(6, ge=1, le=16)
+    residual_channels: int = Field(48, ge=1)
+    gate_channels: int = Field(96, ge=2)
+    skip_channels: int = Field(48, ge=1)
+    kernel_size: int = Field(2, ge=2, le=5)
+    weight_norm: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.gate_channels % 2:
+            raise ValueError("gate_channels must be even (tanh and sigmoid halves)")
+        return self
+
+    @property
+    def dilations(self) -> list[int]:
+        return [2 ** (i % self.cycle) for i in range(self.layers)]
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples of input that reach one output, including the current one."""
+        return 1 + (self.kernel_size - 1) * sum(self.dilations)
+
+
+class UpsamplerConfig(StrictModel):
+    """The learned frame encoder whose output is interpolated to one vector per sample.
+
+    A ``kernel_size`` convolution stack at frame rate (LeakyReLU between layers);
+    every consumer projects its output with a 1x1 at frame rate and interpolates
+    linearly between frame centres, which equals interpolate-then-project because
+    both are linear.
+    """
+
+    channels: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1, le=8)
+    kernel_size: int = Field(3, ge=1, le=9)
+    speaker_dim: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.kernel_size % 2 == 0:
+            raise ValueError("upsampler kernel_size must be odd (centred frames)")
+        return self
+
+
+class SourceFilterConfig(StrictModel):
+    """Linear prediction from the mel (ARCHITECTURE.md, source-filter flows)."""
+
+    enabled: bool = True
+    order: int = Field(16, ge=1, le=64)
+    preemphasis: float = Field(0.9, ge=0.0, lt=1.0)
+    lag_window_hz: float = Field(50.0, ge=0.0)
+    noise_floor: float = Field(1e-4, ge=0.0)
+    fir_taps: int = Field(128, ge=1, le=1024)
+    gain_floor: float = Field(1e-5, gt=0.0)
+
+
+class TeacherConfig(StrictModel):
+    """The Gaussian WaveNet teacher: a masked autoregressive flow over samples."""
+
+    wavenet: WaveNetConfig = WaveNetConfig(
+        layers=16, cycle=8, residual_channels=64, gate_channels=128, skip_channels=64
+    )
+    upsampler: UpsamplerConfig = UpsamplerConfig()
+    source_filter: SourceFilterConfig = SourceFilterConfig()
+    conditional: bool = True
+    n_speakers: int = Field(0, ge=0)
+    log_scale_floor: float = Field(-12.0, le=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.source_filter.enabled and not self.conditional:
+            raise ValueError("the source-filter teacher needs conditioning (the mel)")
+        return self
+
+
+class StudentConfig(StrictModel):
+    """The IAF student: ``flows`` affine autoregressive flows, then gain and synthesis."""
+
+    flows: int = Field(4, ge=1, le=16)
+    wavenet: WaveNetConfig = WaveNetConfig()
+    upsampler: UpsamplerConfig = UpsamplerConfig()
+    source_filter: SourceFilterConfig = SourceFilterConfig()
+    conditional: bool = True
+    n_speakers: int = Field(0, ge=0)
+    log_scale_bound: float = Field(5.0, gt=0.0)
+    init_log_scale: float = -2.5
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.source_filter.enabled and not self.conditional:
+            raise ValueError("the source-filter student needs conditioning (the mel)")
+        return self

@@ -1,0 +1,287 @@
+"""One affine autoregressive step, run as MAF or IAF, and the conditioners that drive it.
+
+A step maps ``u -> x = mean_t + exp(log_scale_t) * u_t``. What the conditioner reads
+is the direction (Papamakarios et al., 2017; Kingma et al., 2016):
+
+* ``"maf"`` reads the *output* ``x_<t``: density (x -> u) is one parallel pass, sampling
+  (u -> x) is sequential. The teacher.
+* ``"iaf"`` reads the *input* ``u_<t``: sampling is one parallel pass, density of an
+  external x is sequential. Every student flow.
+
+The sequential direction runs a conditioner's incremental interface: ``next()`` gives
+``(mean_t, log_scale_t)`` from what was pushed so far, ``push(v_t)`` records the next
+value. ``cached=False`` uses a naive incremental that recomputes the whole prefix per
+sample (the slow reference the cached queues are tested against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from models.conditioning import Context, interpolate_frames, project_frames
+from models.config import WaveNetConfig
+from models.lpc import per_sample, time_varying_fir
+from models.transforms import shift_right, soft_bound
+from models.wavenet import WaveNet, WaveNetQueues, WaveNetStream
+
+Direction = Literal["maf", "iaf"]
+
+
+@dataclass
+class Stream:
+    """State carried between chunks of a parallel (IAF) pass: absolute position and history."""
+
+    t: int = 0
+    last: Tensor | None = None  # (B,) previous sample of the variable
+    history: Tensor | None = None  # (B, J) last J samples, for FIR conditioners
+    net: WaveNetStream = field(default_factory=WaveNetStream)
+    projected: Tensor | None = None  # cached frame-rate conditioning projection
+
+
+class Incremental(Protocol):
+    def next(self) -> tuple[Tensor, Tensor]: ...
+
+    def push(self, value: Tensor) -> None: ...
+
+
+class ARConditioner(nn.Module):
+    """Maps the strict past of a sequence ``v`` to ``(mean, log_scale)`` at every step."""
+
+    def forward(
+        self, v: Tensor, context: Context, stream: Stream | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``v`` ``(B, T)`` -> mean, log_scale ``(B, T)``; step t reads ``v_<t`` only."""
+        raise NotImplementedError
+
+    def incremental(self, context: Context, like: Tensor, cached: bool = True) -> Incremental:
+        """An incremental view of this conditioner (naive by default)."""
+        return NaiveIncremental(self, context, like)
+
+
+class NaiveIncremental:
+    """Recomputes the conditioner over the whole prefix for every new sample: O(T^2)."""
+
+    def __init__(self, conditioner: ARConditioner, context: Context, like: Tensor) -> None:
+        self.conditioner = conditioner
+        self.context = context
+        self.values: list[Tensor] = []
+        self.like = like
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        batch = self.context.batch
+        prefix = torch.stack([*self.values, self.like.new_zeros(batch)], dim=1)  # (B, t+1)
+        mean, log_scale = self.conditioner(prefix, self.context)
+        return mean[:, -1], log_scale[:, -1]
+
+    def push(self, value: Tensor) -> None:
+        self.values.append(value)
+
+
+@dataclass
+class FlowStep:
+    """Result of one step: the output, ``log|det J|`` per sequence ``(B,)``, and the
+    per-step ``mean`` and ``log_scale`` ``(B, T)`` it used."""
+
+    output: Tensor
+    logabsdet: Tensor
+    mean: Tensor
+    log_scale: Tensor
+
+
+class AffineAutoregressive(nn.Module):
+    """``x_t = mean_t + exp(log_scale_t) u_t`` with the conditioner reading ``u`` (IAF) or
+    ``x`` (MAF). ``forward`` is u -> x, ``inverse`` is x -> u; each is parallel in one
+    direction and sequential in the other."""
+
+    def __init__(self, conditioner: ARConditioner, direction: Direction) -> None:
+        super().__init__()
+        if direction not in ("maf", "iaf"):
+            raise ValueError(f"direction must be 'maf' or 'iaf', got {direction!r}")
+        self.conditioner = conditioner
+        self.direction = direction
+
+    def forward(
+        self, u: Tensor, context: Context, stream: Stream | None = None, cached: bool = True
+    ) -> FlowStep:
+        """u -> x. Parallel for IAF (optionally one chunk of a stream), sequential for MAF."""
+        if self.direction == "iaf":
+            mean, log_scale = self.conditioner(u, context, stream)
+            x = mean + torch.exp(log_scale) * u
+            return FlowStep(x, log_scale.sum(1), mean, log_scale)
+        if stream is not None:
+            raise ValueError("a MAF step samples sequentially; it takes no stream")
+        return self._sequential(u, context, cached, sampling=True)
+
+    def inverse(self, x: Tensor, context: Context, cached: bool = True) -> FlowStep:
+        """x -> u. Parallel for MAF, sequential for IAF. ``logabsdet`` is of x -> u."""
+        if self.direction == "maf":
+            mean, log_scale = self.conditioner(x, context)
+            u = (x - mean) * torch.exp(-log_scale)
+            return FlowStep(u, -log_scale.sum(1), mean, log_scale)
+        return self._sequential(x, context, cached, sampling=False)
+
+    def _sequential(
+        self, given: Tensor, context: Context, cached: bool, sampling: bool
+    ) -> FlowStep:
+        inc = self.conditioner.incremental(context, given, cached)
+        outs, means, log_scales = [], [], []
+        for t in range(given.shape[1]):
+            mean, log_scale = inc.next()
+            if sampling:  # MAF forward: the conditioner reads the output
+                out = mean + torch.exp(log_scale) * given[:, t]
+                inc.push(out)
+            else:  # IAF inverse: the conditioner reads the recovered input
+                out = (given[:, t] - mean) * torch.exp(-log_scale)
+                inc.push(out)
+            outs.append(out)
+            means.append(mean)
+            log_scales.append(log_scale)
+        log_scale_all = torch.stack(log_scales, dim=1)
+        sign = 1.0 if sampling else -1.0
+        return FlowStep(
+            torch.stack(outs, dim=1),
+            sign * log_scale_all.sum(1),
+            torch.stack(means, dim=1),
+            log_scale_all,
+        )
+
+
+def _conditioning(
+    net: WaveNet, context: Context, stream: Stream | None, t0: int, t1: int
+) -> Tensor | None:
+    if stream is not None and stream.projected is not None:
+        projected: Tensor | None = stream.projected
+    else:
+        projected = project_frames(net, context)
+        if stream is not None:
+            stream.projected = projected
+    if projected is None:
+        return None
+    return interpolate_frames(projected, t0, t1, context.hop)
+
+
+class WaveNetConditioner(ARConditioner):
+    """A student flow's conditioner: WaveNet over ``v_<t`` -> mean, soft-bounded log-scale.
+
+    The head starts at zero, so the flow starts as the identity.
+    """
+
+    def __init__(self, config: WaveNetConfig, cond_channels: int, log_scale_bound: float) -> None:
+        super().__init__()
+        self.net = WaveNet(config, in_channels=1, out_channels=2, cond_channels=cond_channels)
+        self.log_scale_bound = log_scale_bound
+
+    def forward(
+        self, v: Tensor, context: Context, stream: Stream | None = None
+    ) -> tuple[Tensor, Tensor]:
+        t0 = 0 if stream is None else stream.t
+        steps = v.shape[1]
+        previous = None if stream is None or stream.last is None else stream.last[:, None]
+        inputs = shift_right(v[..., None], previous)  # (B, T, 1): v_{t-1}
+        cond = _conditioning(self.net, context, stream, t0, t0 + steps)
+        out = self.net(inputs, cond, None if stream is None else stream.net)
+        if stream is not None:
+            stream.t = t0 + steps
+            stream.last = v[:, -1]
+        mean, raw = out.unbind(-1)  # (B, T, 2) -> 2 x (B, T)
+        return mean, soft_bound(raw, self.log_scale_bound)
+
+    def incremental(self, context: Context, like: Tensor, cached: bool = True) -> Incremental:
+        if not cached:
+            return super().incremental(context, like, cached)
+        return _QueuedFlow(self, context, like)
+
+
+class _QueuedFlow:
+    """A student flow's conditioner one sample at a time, through the WaveNet queues."""
+
+    def __init__(self, conditioner: WaveNetConditioner, context: Context, like: Tensor) -> None:
+        self.conditioner = conditioner
+        self.runner = QueuedWaveNet(conditioner.net, context, like)
+        self.previous = like.new_zeros(context.batch, 1)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        mean, raw = self.runner(self.previous).unbind(-1)
+        return mean, soft_bound(raw, self.conditioner.log_scale_bound)
+
+    def push(self, value: Tensor) -> None:
+        self.previous = value[:, None]
+
+
+class GainConditioner(ARConditioner):
+    """``mean = 0``, ``log_scale = log g_t``: the gain from linear prediction, or one learned
+    log-scale (initialised near the data's standard deviation) when there is no filter."""
+
+    def __init__(self, source_filter: bool, init_log_scale: float) -> None:
+        super().__init__()
+        self.source_filter = source_filter
+        self.log_scale = None if source_filter else nn.Parameter(torch.tensor(init_log_scale))
+
+    def forward(
+        self, v: Tensor, context: Context, stream: Stream | None = None
+    ) -> tuple[Tensor, Tensor]:
+        t0 = 0 if stream is None else stream.t
+        steps = v.shape[1]
+        if stream is not None:
+            stream.t = t0 + steps
+        if self.log_scale is None:
+            if context.lpc is None:
+                raise ValueError("the source-filter gain needs linear prediction in the context")
+            log_gain = torch.log(per_sample(context.lpc.gain, t0, t0 + steps, context.hop))
+            return torch.zeros_like(v), log_gain.to(v.dtype)
+        return torch.zeros_like(v), self.log_scale.to(v.dtype).expand_as(v)
+
+
+class SynthesisConditioner(ARConditioner):
+    """The parallel FIR synthesis flow: ``x_t = e_t + sum_j h_j(block(t)) e_{t-j}``.
+
+    ``h`` is the truncated impulse response of ``1 / (A(z)(1 - rho z^-1))``: linear
+    prediction synthesis and de-emphasis in one step with unit Jacobian.
+    """
+
+    def forward(
+        self, v: Tensor, context: Context, stream: Stream | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if context.lpc is None or context.lpc.impulse is None:
+            raise ValueError("the synthesis flow needs the impulse response in the context")
+        taps = context.lpc.impulse.to(v.dtype)
+        order = taps.shape[-1]
+        t0 = 0 if stream is None else stream.t
+        if stream is None or stream.history is None:
+            history = v.new_zeros(v.shape[0], order)
+        else:
+            history = stream.history
+        mean = time_varying_fir(v, taps, context.hop, t0, history)
+        if stream is not None:
+            stream.t = t0 + v.shape[1]
+            stream.history = torch.cat([history, v], dim=1)[:, -order:]
+        return mean, torch.zeros_like(v)
+
+
+class QueuedWaveNet:
+    """Incremental WaveNet evaluation with per-layer queues and chunked conditioning."""
+
+    chunk = 512
+
+    def __init__(self, net: WaveNet, context: Context, like: Tensor) -> None:
+        self.net = net
+        self.context = context
+        self.queues: WaveNetQueues = net.start_queues(context.batch, like)
+        self.projected = project_frames(net, context)
+        self.cond: Tensor | None = None
+        self.cond_start = 0
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        t = self.queues.t
+        cond_t = None
+        if self.projected is not None:
+            if self.cond is None or t >= self.cond_start + self.cond.shape[1]:
+                end = min(t + self.chunk, self.context.num_samples)
+                self.cond = interpolate_frames(self.projected, t, max(end, t + 1), self.context.hop)
+                self.cond_start = t
+            cond_t = self.cond[:, t - self.cond_start]
+        return self.net.step(inputs, cond_t, self.queues)
