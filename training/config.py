@@ -19,7 +19,7 @@ class DataConfig(StrictModel):
     corpus: str = Field("asterisk", description="'asterisk' (the default corpus) or a folder")
     segment_samples: int = Field(4000, gt=0, description="training segment length in samples")
     trim_top_db: float = Field(40.0, gt=0, description="silence trim threshold below the peak")
-    loudness_db: float = Field(-23.0, le=0, description="target RMS level of active speech, dBFS")
+    loudness_lufs: float = Field(-23.0, le=0, description="target integrated loudness (BS.1770)")
     peak_limit: float = Field(0.95, gt=0, le=1.0, description="maximum absolute sample value")
     min_seconds: float = Field(0.0, ge=0, description="drop clips shorter than this (and < 1 seg)")
     val_fraction: float = Field(0.05, ge=0, lt=1)
