@@ -192,7 +192,12 @@ def time_varying_fir(signal: Tensor, taps: Tensor, hop: int, t0: int, history: T
         blocks = steps // hop
         block_taps = taps[:, first : first + blocks]  # (B, n, J)
         grouped = windows.reshape(batch, blocks, hop, order)  # (B, n, hop, J)
-        return torch.einsum("bnhj,bnj->bnh", grouped, block_taps).reshape(batch, steps)
+        # One (1, J) x (J, hop) product per block on a row-major copy: einsum (which contracts
+        # a batch of one by another path) or the odd strides flip gives a short unfold would
+        # make a sample's last bits depend on its batch and chunking.
+        rows = block_taps.reshape(batch * blocks, 1, order)
+        columns = grouped.contiguous().reshape(batch * blocks, hop, order).transpose(1, 2)
+        return torch.bmm(rows, columns).reshape(batch, steps)
     sample_taps = per_sample(taps, t0, t0 + steps, hop)  # (B, T, J)
     return (windows * sample_taps).sum(-1)
 
