@@ -1,0 +1,1 @@
+"""Corpora, preparation and datasets."""
