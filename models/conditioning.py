@@ -10,15 +10,13 @@ from torch import Tensor, nn
 from models.config import SourceFilterConfig, UpsamplerConfig
 from models.lpc import LinearPrediction, linear_prediction
 from models.mel import MelFrontEnd
-from models.wavenet import WaveNet
 
 
 class Upsampler(nn.Module):
-    """Mel frames (and speaker) -> conditioning features at frame rate, ``(B, M, C)``.
+    """Mel frames (and speaker) -> conditioning features at frame rate, ``(B, C, M)``.
 
-    The features are interpolated linearly between frame centres to one vector per
-    sample by ``interpolate_frames``; every WaveNet projects them at frame rate first
-    (exact, since projection and interpolation are both linear, and ``hop`` times cheaper).
+    ``interpolate_frames`` turns them into one vector per sample (linear between frame
+    centres); every WaveNet layer then projects them with its own 1x1.
 
     Args:
         config: channels and depth of the frame encoder.
@@ -53,7 +51,7 @@ class Upsampler(nn.Module):
         return 0 if self.speaker is None else self.speaker.num_embeddings
 
     def forward(self, mel: Tensor | None, speaker: Tensor | None, frames: int) -> Tensor | None:
-        """``mel`` ``(B, n_mels, M)`` or None, ``speaker`` ``(B,)`` or None -> ``(B, M, C)``."""
+        """``mel`` ``(B, n_mels, M)`` or None, ``speaker`` ``(B,)`` or None -> ``(B, C, M)``."""
         parts: list[Tensor] = []
         if self.n_mels > 0:
             if mel is None:
@@ -73,7 +71,7 @@ class Upsampler(nn.Module):
         if not parts:
             return None
         features: Tensor = self.encoder(torch.cat(parts, dim=1))  # (B, C, M)
-        return features.transpose(1, 2)
+        return features
 
 
 @dataclass
@@ -84,7 +82,7 @@ class Context:
         batch: batch size B.
         num_samples: T, the length of the waveform this context describes.
         hop: samples between frame centres.
-        frames: ``(B, M, C)`` upsampler features (M >= T / hop + 1) or None.
+        frames: ``(B, C, M)`` upsampler features (M >= T / hop + 1) or None.
         lpc: per-block linear prediction (source-filter models) or None.
     """
 
@@ -95,27 +93,23 @@ class Context:
     lpc: LinearPrediction | None = None
 
 
-def interpolate_frames(projected: Tensor, t0: int, t1: int, hop: int) -> Tensor:
-    """Frame-rate ``(B, M, C)`` -> per-sample ``(B, t1 - t0, C)``, linear between frame centres.
+def interpolate_frames(frames: Tensor, t0: int, t1: int, hop: int) -> Tensor:
+    """Frame-rate ``(B, C, M)`` -> per-sample ``(B, C, t1 - t0)``, linear between frame centres.
 
-    Sample ``t`` sits at fractional frame ``t / hop``; indices past the last frame clamp.
+    Sample ``t`` sits at fractional frame ``t / hop``; frames past the last one repeat it.
     """
-    last = projected.shape[1] - 1
-    t = torch.arange(t0, t1, device=projected.device)
-    left = (t // hop).clamp_max(last)
-    right = (left + 1).clamp_max(last)
-    weight = ((t % hop).to(projected.dtype) / hop)[None, :, None]
-    lo = projected.index_select(1, left)
-    hi = projected.index_select(1, right)
-    return torch.lerp(lo, hi, weight)
-
-
-def project_frames(net: WaveNet, context: Context) -> Tensor | None:
-    """The WaveNet's conditioning projection applied at frame rate, ``(B, M, cond_width)``."""
-    if net.cond_projection is None or context.frames is None:
-        return None
-    projected: Tensor = net.cond_projection(context.frames)
-    return projected
+    if t1 <= t0:
+        return frames.new_zeros(*frames.shape[:2], 0)
+    first, last = t0 // hop, (t1 - 1) // hop
+    blocks = last - first + 1
+    index = torch.arange(first, first + blocks + 1, device=frames.device).clamp_max(
+        frames.shape[-1] - 1
+    )
+    knots = frames.index_select(2, index)  # (B, C, blocks + 1)
+    weight = torch.arange(hop, dtype=frames.dtype, device=frames.device) / hop
+    dense = torch.lerp(knots[..., :-1, None], knots[..., 1:, None], weight)  # (B, C, n, hop)
+    dense = dense.reshape(*frames.shape[:2], blocks * hop)
+    return dense[..., t0 - first * hop : t1 - first * hop]
 
 
 def make_context(

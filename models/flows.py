@@ -22,10 +22,10 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import Context, interpolate_frames, project_frames
+from models.conditioning import Context, interpolate_frames
 from models.config import WaveNetConfig
 from models.lpc import per_sample, time_varying_fir
-from models.transforms import shift_right, soft_bound
+from models.transforms import delay, soft_bound
 from models.wavenet import WaveNet, WaveNetQueues, WaveNetStream
 
 Direction = Literal["maf", "iaf"]
@@ -39,7 +39,6 @@ class Stream:
     last: Tensor | None = None  # (B,) previous sample of the variable
     history: Tensor | None = None  # (B, J) last J samples, for FIR conditioners
     net: WaveNetStream = field(default_factory=WaveNetStream)
-    projected: Tensor | None = None  # cached frame-rate conditioning projection
 
 
 class Incremental(Protocol):
@@ -150,18 +149,11 @@ class AffineAutoregressive(nn.Module):
         )
 
 
-def _conditioning(
-    net: WaveNet, context: Context, stream: Stream | None, t0: int, t1: int
-) -> Tensor | None:
-    if stream is not None and stream.projected is not None:
-        projected: Tensor | None = stream.projected
-    else:
-        projected = project_frames(net, context)
-        if stream is not None:
-            stream.projected = projected
-    if projected is None:
+def sample_conditioning(context: Context, t0: int, t1: int) -> Tensor | None:
+    """The context's per-sample conditioning ``(B, C, t1 - t0)``, or None if unconditional."""
+    if context.frames is None:
         return None
-    return interpolate_frames(projected, t0, t1, context.hop)
+    return interpolate_frames(context.frames, t0, t1, context.hop)
 
 
 class WaveNetConditioner(ARConditioner):
@@ -181,13 +173,13 @@ class WaveNetConditioner(ARConditioner):
         t0 = 0 if stream is None else stream.t
         steps = v.shape[1]
         previous = None if stream is None or stream.last is None else stream.last[:, None]
-        inputs = shift_right(v[..., None], previous)  # (B, T, 1): v_{t-1}
-        cond = _conditioning(self.net, context, stream, t0, t0 + steps)
+        inputs = delay(v[:, None], previous)  # (B, 1, T): v_{t-1}
+        cond = sample_conditioning(context, t0, t0 + steps)
         out = self.net(inputs, cond, None if stream is None else stream.net)
         if stream is not None:
             stream.t = t0 + steps
             stream.last = v[:, -1]
-        mean, raw = out.unbind(-1)  # (B, T, 2) -> 2 x (B, T)
+        mean, raw = out.unbind(1)  # (B, 2, T) -> 2 x (B, T)
         return mean, soft_bound(raw, self.log_scale_bound)
 
     def incremental(self, context: Context, like: Tensor, cached: bool = True) -> Incremental:
@@ -205,7 +197,7 @@ class _QueuedFlow:
         self.previous = like.new_zeros(context.batch, 1)
 
     def next(self) -> tuple[Tensor, Tensor]:
-        mean, raw = self.runner(self.previous).unbind(-1)
+        mean, raw = self.runner(self.previous).unbind(-1)  # (B, 2) -> 2 x (B,)
         return mean, soft_bound(raw, self.conditioner.log_scale_bound)
 
     def push(self, value: Tensor) -> None:
@@ -271,17 +263,18 @@ class QueuedWaveNet:
         self.net = net
         self.context = context
         self.queues: WaveNetQueues = net.start_queues(context.batch, like)
-        self.projected = project_frames(net, context)
         self.cond: Tensor | None = None
         self.cond_start = 0
 
     def __call__(self, inputs: Tensor) -> Tensor:
+        """``(B, in_channels)`` for the current sample -> ``(B, out_channels)``."""
         t = self.queues.t
         cond_t = None
-        if self.projected is not None:
-            if self.cond is None or t >= self.cond_start + self.cond.shape[1]:
-                end = min(t + self.chunk, self.context.num_samples)
-                self.cond = interpolate_frames(self.projected, t, max(end, t + 1), self.context.hop)
+        if self.context.frames is not None:
+            if self.cond is None or t >= self.cond_start + self.cond.shape[-1]:
+                end = max(min(t + self.chunk, self.context.num_samples), t + 1)
+                features = interpolate_frames(self.context.frames, t, end, self.context.hop)
+                self.cond = self.net.project_cond(features).detach()  # (B, G L, chunk)
                 self.cond_start = t
-            cond_t = self.cond[:, t - self.cond_start]
+            cond_t = self.cond[..., t - self.cond_start]
         return self.net.step(inputs, cond_t, self.queues)

@@ -19,18 +19,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import (
-    Context,
-    Upsampler,
-    interpolate_frames,
-    make_context,
-    project_frames,
-)
+from models.conditioning import Context, Upsampler, make_context
 from models.config import MelConfig, TeacherConfig
-from models.flows import AffineAutoregressive, ARConditioner, Incremental, QueuedWaveNet, Stream
+from models.flows import (
+    AffineAutoregressive,
+    ARConditioner,
+    Incremental,
+    QueuedWaveNet,
+    Stream,
+    sample_conditioning,
+)
 from models.lpc import per_sample, time_varying_fir
 from models.mel import MelFrontEnd, check_finite
-from models.transforms import gaussian_log_prob, shift_right, soft_floor
+from models.transforms import delay, gaussian_log_prob, soft_floor
 from models.wavenet import WaveNet
 
 
@@ -52,7 +53,7 @@ class TeacherConditioner(ARConditioner):
             raise ValueError("the teacher's density pass is never streamed")
         x = v
         steps = x.shape[1]
-        previous = shift_right(x[..., None])[..., 0]  # x_{t-1}
+        previous = delay(x[:, None])[:, 0]  # x_{t-1}
         if self.source_filter is not None:
             if context.lpc is None:
                 raise ValueError("the source-filter teacher needs linear prediction")
@@ -67,12 +68,9 @@ class TeacherConditioner(ARConditioner):
             log_gain = torch.log(gain)
         else:
             excitation, base, gain, log_gain = x, torch.zeros_like(x), torch.ones_like(x), None
-        features = shift_right(torch.stack([x, excitation], dim=-1))  # (B, T, 2) of the past
-        cond = None
-        projected = project_frames(self.net, context)
-        if projected is not None:
-            cond = interpolate_frames(projected, 0, steps, context.hop)
-        mean_net, log_scale_net = self.net(features, cond).unbind(-1)
+        features = delay(torch.stack([x, excitation], dim=1))  # (B, 2, T) of the past
+        cond = sample_conditioning(context, 0, steps)
+        mean_net, log_scale_net = self.net(features, cond).unbind(1)  # (B, 2, T) -> 2 x (B, T)
         raw = log_scale_net if log_gain is None else log_gain + log_scale_net
         return base + gain * mean_net, soft_floor(raw, self.log_scale_floor)
 

@@ -43,10 +43,11 @@ def compose_affine(
     return mean_total * torch.exp(log_scale) + mean, log_scale_total + log_scale
 
 
-def shift_right(sequence: Tensor, previous: Tensor | None = None) -> Tensor:
-    """``(B, T, C)`` -> the same sequence delayed by one step; ``previous`` ``(B, C)`` or zeros."""
-    first = sequence.new_zeros(sequence[:, :1].shape) if previous is None else previous[:, None]
-    return torch.cat([first, sequence[:, :-1]], dim=1)
+def delay(sequence: Tensor, previous: Tensor | None = None) -> Tensor:
+    """``(B, C, T)`` -> the same sequence delayed by one step; ``previous`` ``(B, C)`` or zeros."""
+    if previous is None:
+        return F.pad(sequence[..., :-1], (1, 0))
+    return torch.cat([previous[..., None], sequence[..., :-1]], dim=-1)
 
 
 def bits_per_sample(nll_nats_per_sample: Tensor | float) -> Tensor | float:
