@@ -1,0 +1,165 @@
+"""The FastAPI app: ``create_app`` is the factory both ``uvicorn`` and ``distilwave serve`` use.
+
+    DISTILWAVE_BUNDLE=artifacts/bundle uvicorn service.app:create_app --factory
+
+Start-up (``lifespan``): load the bundle (weight norm is folded in the bundle), set torch's
+thread counts, start the inference thread, which runs a real warm-up generation and only
+then makes ``/readyz`` answer 200. Shut-down on SIGTERM: readiness goes 503 and new
+generation requests are refused with 503 while in-flight and queued ones finish (bounded by
+``drain_timeout_s``); then the server's own graceful exit runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from models.bundle import load_bundle
+from service.engine import Engine
+from service.errors import install_error_handlers
+from service.metrics import HTTPMetricsMiddleware, ServiceMetrics, mark_process_dead
+from service.middleware import APIKeyMiddleware, BodyLimitMiddleware, GateMiddleware
+from service.routes import router
+from service.settings import Settings
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Fast neural audio generation: a distilled parallel (IAF) student, served.
+
+Errors always come as `{"error": {"message", "type", "param", "code"}}`. Generation routes
+need `Authorization: Bearer <key>` when the server has a key; probes and metrics stay open.
+"""
+
+
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable once per process, before any inter-op work
+        pass
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    service: ServiceState = app.state.service
+    settings = service.settings
+    _set_threads(settings.threads())
+    try:
+        bundle = await asyncio.to_thread(load_bundle, settings.bundle, settings.device)
+    except (ValueError, OSError) as exc:
+        raise RuntimeError(f"cannot load the bundle at {settings.bundle}: {exc}") from exc
+    service.bundle = bundle
+    service.engine = Engine(bundle, settings, service.metrics)
+    service.engine.start()
+    logger.info(
+        "serving %s (%d Hz, hop %d, %d threads)",
+        settings.bundle,
+        bundle.sample_rate,
+        bundle.hop_length,
+        torch.get_num_threads(),
+    )
+    previous = _install_drain(service, asyncio.get_running_loop())
+    try:
+        yield
+    finally:
+        service.begin_drain()
+        await asyncio.to_thread(service.engine.stop, settings.drain_timeout_s)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        mark_process_dead(os.getpid())
+
+
+def _install_drain(service: ServiceState, loop: asyncio.AbstractEventLoop) -> Any:
+    """Put a drain in front of the server's own SIGTERM handler.
+
+    Only when a server installed one (uvicorn, gunicorn): a bare process (tests, scripts)
+    keeps its signals. Returns the handler replaced, to restore it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return None
+    server_exit: Callable[[int, FrameType | None], Any] = previous
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if service.draining:  # a second SIGTERM: stop waiting
+            server_exit(signum, frame)
+            return
+        logger.info("SIGTERM: draining (in flight: %d)", service.in_flight)
+        service.begin_drain()
+        loop.call_soon_threadsafe(_start_drain, service, loop, server_exit, signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return previous
+
+
+def _start_drain(
+    service: ServiceState,
+    loop: asyncio.AbstractEventLoop,
+    server_exit: Callable[[int, FrameType | None], Any],
+    signum: int,
+) -> None:
+    task = loop.create_task(_drain(service, server_exit, signum))
+    service.background.add(task)
+    task.add_done_callback(service.background.discard)
+
+
+async def _drain(
+    service: ServiceState, server_exit: Callable[[int, FrameType | None], Any], signum: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + service.settings.drain_timeout_s
+    engine = service.engine
+    while loop.time() < deadline:
+        if service.in_flight == 0 and (engine is None or engine.idle):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        logger.warning("drain timed out with %d requests in flight", service.in_flight)
+    logger.info("drained; shutting down")
+    server_exit(signum, None)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app (settings from the environment unless given). Nothing loads until the
+    ASGI lifespan starts."""
+    settings = settings or Settings()
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = ServiceMetrics(registry)
+    service = ServiceState(settings=settings, registry=registry, metrics=metrics)
+    app = FastAPI(
+        title="distilwave",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(router)
+    # Added innermost first: the body limit wraps the app, the gate wraps that, the key
+    # check wraps the gate, and the HTTP metrics see every answer, refusals included.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        on_reject=lambda: metrics.reject("too_large"),
+    )
+    app.add_middleware(GateMiddleware, check=service.refusal, in_flight=service.requests)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(
+        APIKeyMiddleware, api_key=api_key, on_reject=lambda: metrics.reject("unauthorized")
+    )
+    app.add_middleware(HTTPMetricsMiddleware, registry=registry)
+    return app

@@ -1,0 +1,447 @@
+"""The inference engine: one thread per model that owns all torch work, fed by a bounded queue.
+
+The event loop never runs torch. Handlers build a ``Job`` and ``submit`` it; a full queue
+refuses at once (the caller answers 503). The inference thread takes the first waiting job,
+waits up to ``max_delay_ms`` after its arrival for more (up to ``max_batch`` requests and
+``max_batch_samples`` padded samples), drops jobs whose deadline passed or whose client left,
+builds each request's context alone, and generates the batch in one pass
+(``service.batching``: exact). Results go back to the loop through asyncio futures.
+
+Streaming jobs share the queue (so overload and deadlines apply alike) but are not batched:
+each is generated chunk by chunk with carried state (``IAFStudent.stream``), one chunk per
+stream per turn of the loop, interleaved with the batches, so a long stream neither waits
+for nor blocks short requests for more than a chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.audio import normalize_loudness
+from models.bundle import Bundle
+from models.conditioning import Context
+from service.batching import stack_contexts, stack_noise
+from service.errors import APIError, invalid, unavailable
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.05
+_END = object()
+
+
+@dataclass
+class Job:
+    """One generation request. Exactly one of ``mel``, ``waveform``, ``num_samples`` is set.
+
+    Attributes:
+        mel: ``(M, n_mels)`` normalised log-mel, frames x bands (conditional models).
+        waveform: ``(T,)`` audio at the bundle's rate, ``T`` a multiple of hop; its mel is
+            computed by the bundle's front end on the inference thread.
+        num_samples: samples to generate (unconditional models).
+        speaker: speaker id for multi-speaker bundles.
+        temperature: noise scale.
+        seed: seeds this request's own generator (so batching cannot change its noise).
+        stream: deliver chunks as they are generated.
+        deadline: ``time.monotonic()`` after which the job is dropped unstarted.
+    """
+
+    mel: np.ndarray | None = None
+    waveform: np.ndarray | None = None
+    num_samples: int | None = None
+    speaker: int | None = None
+    temperature: float = 1.0
+    seed: int = 0
+    stream: bool = False
+    deadline: float = math.inf
+    enqueued: float = 0.0
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[np.ndarray] | None = None
+    chunks: asyncio.Queue[Any] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Stream:
+    job: Job
+    chunks: Iterator[Tensor]
+    samples: int
+    compute_s: float = 0.0
+
+
+class Engine:
+    """Owns the student and the inference thread.
+
+    Args:
+        bundle: the loaded bundle (student in eval mode, weight norm folded).
+        settings: batching, queue and streaming settings.
+        metrics: where to record queue, batch and inference metrics.
+    """
+
+    def __init__(self, bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.bundle = bundle
+        self.student = bundle.student
+        self.settings = settings
+        self.metrics = metrics
+        self.sample_rate = bundle.sample_rate
+        self.hop = bundle.hop_length
+        chunk_hops = max(1, math.ceil(settings.stream_chunk_s * self.sample_rate / self.hop))
+        self.stream_chunk = chunk_hops * self.hop
+        self.device = next(self.student.parameters()).device
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.queue_size)
+        self._carry: Job | None = None
+        self._streams: list[_Stream] = []
+        self._busy = False
+        self._stopping = threading.Event()
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="distilwave-inference", daemon=True)
+
+    # ----------------------------------------------------------------- event-loop side
+
+    def start(self) -> None:
+        """Start the inference thread; it warms up first, then sets ``ready``."""
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` or raise a 503 ``APIError`` at once if the queue is full."""
+        if not self._thread.is_alive():
+            raise unavailable(
+                "the model is not running", "not_running", self.settings.retry_after_s
+            )
+        job.enqueued = time.monotonic()
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.metrics.reject("queue_full")
+            raise unavailable(
+                "the server is at capacity; retry shortly",
+                "queue_full",
+                self.settings.retry_after_s,
+            ) from None
+        self.metrics.queue_depth.set(self._queue.qsize())
+
+    async def generate(self, job: Job) -> np.ndarray:
+        """Run ``job`` and return its waveform ``(T,)`` float32."""
+        loop = asyncio.get_running_loop()
+        job.loop, job.future = loop, loop.create_future()
+        self.submit(job)
+        try:
+            return await job.future
+        finally:
+            job.cancelled.set()
+
+    async def stream(self, job: Job) -> AsyncIterator[np.ndarray]:
+        """Run ``job`` as a stream. Errors before the first chunk raise here, before any
+        response is sent; the first chunk is awaited before this returns."""
+        job.stream = True
+        job.loop, job.chunks = asyncio.get_running_loop(), asyncio.Queue()
+        self.submit(job)
+        try:
+            first = await job.chunks.get()
+        except BaseException:
+            job.cancelled.set()
+            raise
+        if isinstance(first, BaseException):
+            raise first
+        return self._rest(job, first)
+
+    async def _rest(self, job: Job, first: Any) -> AsyncIterator[np.ndarray]:
+        assert job.chunks is not None
+        item = first
+        try:
+            while item is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                item = await job.chunks.get()
+        finally:
+            job.cancelled.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, generating or streaming."""
+        return self._queue.empty() and self._carry is None and not self._busy and not self._streams
+
+    def stop(self, timeout: float) -> None:
+        """Finish queued jobs and streams, then end the thread (bounded by ``timeout``)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("inference thread still busy after %.1f s; abandoning it", timeout)
+        stopped = unavailable("the server is shutting down", "shutting_down", 1)
+        while True:  # nobody will run what is left: answer it rather than hang
+            try:
+                self._fail(self._queue.get_nowait(), stopped)
+            except queue.Empty:
+                break
+
+    # ---------------------------------------------------------------- inference thread
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            try:
+                self._warm_up()
+            except Exception as exc:
+                logger.exception("warm-up generation failed; the service will not become ready")
+                self.failed = exc
+                return
+            self.ready.set()
+            self.metrics.model_ready.set(1)
+            while True:
+                try:
+                    if not self._step() and self._stopping.is_set() and self.idle:
+                        break
+                except Exception:  # never let one bad batch kill the thread
+                    logger.exception("inference step failed")
+                    self._busy = False
+
+    def _warm_up(self) -> None:
+        """A real generation through the batched path (first-call allocations, kernels)."""
+        started = time.perf_counter()
+        samples = max(
+            self.hop, round(self.settings.warmup_s * self.sample_rate / self.hop) * self.hop
+        )
+        job = Job(temperature=self.bundle.default_temperature)
+        if self.student.config.n_speakers:
+            job.speaker = 0
+        if self.student.config.conditional:
+            noise = torch.randn(samples, generator=torch.Generator().manual_seed(0))
+            audio, _ = normalize_loudness(noise, self.sample_rate, -23.0, 0.95)
+            job.waveform = audio.numpy()
+        else:
+            job.num_samples = samples
+        waveform = self._generate([self._prepare(job)])[0]
+        if not np.isfinite(waveform).all():
+            raise RuntimeError("the warm-up generation produced non-finite samples")
+        logger.info(
+            "warm-up: %.2f s of audio in %.3f s",
+            samples / self.sample_rate,
+            time.perf_counter() - started,
+        )
+
+    def _step(self) -> bool:
+        """One turn: take a batch, start new streams, generate, advance every stream.
+
+        Returns:
+            Whether there was anything to do.
+        """
+        jobs = self._take()
+        now = time.monotonic()
+        live: list[Job] = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                continue
+            if now > job.deadline:
+                self.metrics.reject("deadline")
+                self._fail(
+                    job,
+                    unavailable(
+                        "the request waited past its deadline; retry shortly",
+                        "deadline_exceeded",
+                        self.settings.retry_after_s,
+                    ),
+                )
+                continue
+            self.metrics.queue_wait.observe(now - job.enqueued)
+            live.append(job)
+        for job in live:
+            if job.stream:
+                self._start_stream(job)
+        batch = [job for job in live if not job.stream]
+        if batch:
+            self._run_batch(batch)
+        for stream in list(self._streams):
+            self._advance(stream)
+        return bool(jobs) or bool(self._streams)
+
+    def _take(self) -> list[Job]:
+        """The next batch of waiting jobs (empty if none arrived within the poll interval)."""
+        streaming = bool(self._streams)
+        if self._carry is not None:
+            jobs, self._carry = [self._carry], None
+        else:
+            try:
+                jobs = [
+                    self._queue.get(timeout=POLL_S) if not streaming else self._queue.get_nowait()
+                ]
+            except queue.Empty:
+                return []
+        window_end = jobs[0].enqueued + self.settings.max_delay_ms / 1000.0
+        padded = self._samples(jobs[0])
+        while sum(not j.stream for j in jobs) < self.settings.max_batch:
+            remaining = 0.0 if streaming else window_end - time.monotonic()
+            try:
+                job = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if not job.stream:
+                longest = max(padded, self._samples(job))
+                batch = sum(not j.stream for j in jobs) + 1
+                if longest * batch > self.settings.max_batch_samples:
+                    self._carry = job
+                    break
+                padded = longest
+            jobs.append(job)
+        self.metrics.queue_depth.set(self._queue.qsize())
+        return jobs
+
+    def _samples(self, job: Job) -> int:
+        if job.mel is not None:
+            return (job.mel.shape[0] - 1) * self.hop
+        if job.waveform is not None:
+            return int(job.waveform.shape[0])
+        return int(job.num_samples or 0)
+
+    def _prepare(self, job: Job) -> tuple[Context, Tensor]:
+        """The request's own context and noise (raises ``ValueError`` on bad input)."""
+        student = self.student
+        speaker = None
+        if job.speaker is not None:
+            speaker = torch.tensor([job.speaker], dtype=torch.long, device=self.device)
+        if job.waveform is not None:
+            audio = torch.from_numpy(job.waveform).to(self.device)[None]
+            context = student.context(mel=student.front_end(audio), speaker=speaker)
+        elif job.mel is not None:
+            mel = torch.from_numpy(job.mel).to(self.device).T[None].contiguous()  # (1, n_mels, M)
+            context = student.context(mel=mel, speaker=speaker)
+        else:
+            context = student.context(num_samples=job.num_samples, speaker=speaker, batch=1)
+        generator = torch.Generator(device=self.device).manual_seed(job.seed)
+        return context, student.draw_noise(context, job.temperature, generator)
+
+    def _generate(self, prepared: list[tuple[Context, Tensor]]) -> list[np.ndarray]:
+        """One padded batch through the student, split back per request."""
+        contexts = [context for context, _ in prepared]
+        output = self.student.generate(
+            stack_contexts(contexts), noise=stack_noise([noise for _, noise in prepared])
+        )
+        return [output[i, : c.num_samples].cpu().numpy().copy() for i, c in enumerate(contexts)]
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        self._busy = True
+        started = time.perf_counter()
+        good: list[Job] = []
+        prepared: list[tuple[Context, Tensor]] = []
+        for job in batch:  # one request's bad input must not fail the others
+            try:
+                prepared.append(self._prepare(job))
+                good.append(job)
+            except ValueError as exc:
+                self._fail(job, invalid(str(exc)))
+        try:
+            waveforms = self._generate(prepared) if prepared else []
+        except Exception:
+            logger.exception("generation failed for a batch of %d", len(good))
+            for job in good:
+                self._fail(job, APIError(500, "generation failed", "server_error"))
+            self._busy = False
+            return
+        elapsed = time.perf_counter() - started
+        audio_s = sum(w.shape[0] for w in waveforms) / self.sample_rate
+        for job, waveform in zip(good, waveforms, strict=True):
+            if np.isfinite(waveform).all():
+                self._resolve(job, waveform)
+            else:
+                self._fail(
+                    job,
+                    invalid(
+                        "the mel drove the model outside its range (non-finite audio)",
+                        "mel",
+                        "mel_range",
+                    ),
+                )
+        self._record(len(good), elapsed, audio_s)
+        self._busy = False
+
+    def _record(self, requests: int, elapsed: float, audio_s: float) -> None:
+        if requests == 0:
+            return
+        self.metrics.batch_size.observe(requests)
+        self.metrics.inference.observe(elapsed)
+        self.metrics.audio_seconds.inc(audio_s)
+        if audio_s > 0:
+            self.metrics.real_time_factor.observe(elapsed / audio_s)
+
+    def _start_stream(self, job: Job) -> None:
+        started = time.perf_counter()
+        try:
+            context, noise = self._prepare(job)
+        except ValueError as exc:
+            self._fail(job, invalid(str(exc)))
+            return
+        chunks = self.student.stream(context, noise, self.stream_chunk)
+        elapsed = time.perf_counter() - started
+        self._streams.append(_Stream(job, chunks, context.num_samples, elapsed))
+
+    def _advance(self, stream: _Stream) -> None:
+        job = stream.job
+        if job.cancelled.is_set():
+            self._streams.remove(stream)
+            return
+        started = time.perf_counter()
+        try:
+            chunk = next(stream.chunks)
+        except StopIteration:
+            self._streams.remove(stream)
+            self._push(job, _END)
+            self._record(1, stream.compute_s, stream.samples / self.sample_rate)
+            return
+        except Exception:
+            logger.exception("streaming generation failed")
+            self._streams.remove(stream)
+            self._push(job, APIError(500, "generation failed", "server_error"))
+            return
+        stream.compute_s += time.perf_counter() - started
+        self._push(job, chunk[0].cpu().numpy().copy())
+
+    # ---------------------------------------------------------------- hand-back
+
+    def _resolve(self, job: Job, waveform: np.ndarray) -> None:
+        if job.future is not None and job.loop is not None:
+            self._call(job.loop, _set_result, job.future, waveform)
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        if job.stream:
+            self._push(job, error)
+        elif job.future is not None and job.loop is not None:
+            self._call(job.loop, _set_exception, job.future, error)
+
+    def _push(self, job: Job, item: Any) -> None:
+        if job.chunks is not None and job.loop is not None:
+            self._call(job.loop, job.chunks.put_nowait, item)
+
+    @staticmethod
+    def _call(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop closed: nobody is waiting any more
+            pass
+
+
+def _set_result(future: asyncio.Future[np.ndarray], value: np.ndarray) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: asyncio.Future[np.ndarray], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,140 @@
+"""Request and response schemas: every field bounded, unknown fields rejected.
+
+The static bounds here are hard caps for the schema; the operator's limits (settings) are
+checked per request and can only be tighter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import ErrorResponse
+from service.settings import AudioFormat
+
+MAX_SEED = 2**32 - 1
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MelFrame = Annotated[list[FiniteFloat], Field(min_length=1, max_length=512)]
+Speaker = int | Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class AudioOptions(BaseModel):
+    """Options every generation endpoint takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    response_format: AudioFormat = Field(
+        "wav", description="wav (16-bit PCM), flac, or pcm (raw signed 16-bit little-endian)"
+    )
+    temperature: float | None = Field(
+        None, ge=0.0, le=10.0, allow_inf_nan=False, description="noise scale; bundle default"
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seed of this request's noise; echoed in X-Seed"
+    )
+    speaker: Speaker | None = Field(
+        None, description="speaker id or name (multi-speaker bundles only)"
+    )
+    stream: bool = Field(
+        False, description="send audio as it is generated (wav or pcm, chunked transfer)"
+    )
+
+
+class VocodeRequest(AudioOptions):
+    """A mel spectrogram to turn into audio."""
+
+    mel: list[MelFrame] | Annotated[str, Field(min_length=1, max_length=2**27)] = Field(
+        ...,
+        description=(
+            "normalised log-mel, frames x bands, as nested lists or base64 of a float32 .npy; "
+            "M frames give M x hop samples (the last frame is repeated once)"
+        ),
+    )
+
+
+class GenerateRequest(AudioOptions):
+    """Unconditional generation of a clip of a given length."""
+
+    duration_s: float = Field(
+        1.0, gt=0.0, le=3600.0, allow_inf_nan=False, description="seconds of audio"
+    )
+
+
+class Architecture(BaseModel):
+    flows: int
+    layers_per_flow: int
+    residual_channels: int
+    gate_channels: int
+    skip_channels: int
+    receptive_field: int
+    parameters: int
+    source_filter: bool
+    conditional: bool
+
+
+class Limits(BaseModel):
+    max_duration_s: float
+    max_mel_frames: int
+    max_upload_s: float
+    max_body_bytes: int
+    formats: list[AudioFormat]
+
+
+class ModelCard(BaseModel):
+    """The loaded bundle, OpenAI model-object compatible (``id``, ``object``, ``owned_by``)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    version: str
+    sample_rate: int
+    hop_length: int
+    n_mels: int
+    speakers: list[str]
+    default_temperature: float
+    architecture: Architecture
+    mel: dict[str, Any] = Field(description="the front end: compute mels with these settings")
+    training: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    license: str | None = None
+    limits: Limits
+    card: dict[str, Any] = Field(default_factory=dict, description="the bundle's full card")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Status(BaseModel):
+    status: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error statuses, all in the one envelope."""
+    described = {
+        400: "malformed request body, or an endpoint this model does not serve",
+        401: "missing or wrong API key",
+        413: "request too large (body, frames or upload seconds)",
+        422: "invalid value",
+        503: "loading, draining or overloaded; see Retry-After",
+    }
+    return {s: {"model": ErrorResponse, "description": described.get(s, "error")} for s in statuses}
+
+
+AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the audio, 16-bit mono at the model's sample rate",
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("audio/wav", "audio/flac", "audio/pcm")
+        },
+        "headers": {
+            "X-Seed": {"description": "the seed used", "schema": {"type": "integer"}},
+            "X-Sample-Rate": {"description": "samples per second", "schema": {"type": "integer"}},
+        },
+    },
+    **error_responses(400, 401, 413, 422, 503),
+}

@@ -1,0 +1,193 @@
+"""What one running app holds: settings, bundle, engine, metrics and the drain state."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
+
+from models.bundle import VERSION, Bundle
+from service.engine import Engine
+from service.errors import APIError, invalid, unavailable
+from service.metrics import ServiceMetrics
+from service.middleware import InFlight
+from service.schemas import (
+    MAX_SEED,
+    Architecture,
+    AudioOptions,
+    Limits,
+    ModelCard,
+)
+from service.settings import Settings
+
+
+@dataclass
+class Options:
+    """A request's options resolved against the bundle and the settings."""
+
+    response_format: str
+    temperature: float
+    seed: int
+    speaker: int | None
+    stream: bool
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: ServiceMetrics
+    bundle: Bundle | None = None
+    engine: Engine | None = None
+    draining: bool = False
+    requests: InFlight = field(default_factory=InFlight)
+    background: set[Any] = field(default_factory=set)
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.ready.is_set() and not self.draining
+
+    def begin_drain(self) -> None:
+        """Readiness goes 503 and new generation requests are refused; in-flight ones go on."""
+        self.draining = True
+        self.metrics.model_ready.set(0)
+
+    @property
+    def in_flight(self) -> int:
+        return self.requests.count
+
+    def refusal(self) -> APIError | None:
+        """Why a generation request cannot be admitted now (None: admit it)."""
+        retry = self.settings.retry_after_s
+        if self.draining:
+            self.metrics.reject("draining")
+            return unavailable("the server is shutting down; retry on another", "draining", retry)
+        if self.engine is not None and self.engine.failed is not None:
+            self.metrics.reject("not_ready")
+            return unavailable("the model failed to warm up", "model_failed", retry)
+        if not self.ready:
+            self.metrics.reject("not_ready")
+            return unavailable("the model is still loading; retry shortly", "loading", retry)
+        return None
+
+    def options(self, request: AudioOptions) -> Options:
+        """Resolve format, temperature, seed and speaker; 422 for what cannot be served."""
+        bundle = self.require_bundle()
+        if request.response_format not in self.settings.allowed_formats:
+            allowed = ", ".join(self.settings.allowed_formats)
+            raise invalid(
+                f"response_format {request.response_format!r} is not enabled here ({allowed})",
+                "response_format",
+                "unsupported_format",
+            )
+        if request.stream and request.response_format == "flac":
+            raise invalid("streaming supports wav and pcm, not flac", "stream", "stream_format")
+        temperature = request.temperature
+        if temperature is None:
+            temperature = bundle.default_temperature
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return Options(
+            response_format=request.response_format,
+            temperature=temperature,
+            seed=seed,
+            speaker=self.speaker_id(request.speaker),
+            stream=request.stream,
+        )
+
+    def speaker_id(self, speaker: int | str | None) -> int | None:
+        bundle = self.require_bundle()
+        count = bundle.config.n_speakers
+        if count == 0:
+            if speaker is not None:
+                raise invalid("this model has a single speaker: omit speaker", "speaker")
+            return None
+        names = bundle.speakers
+        described = f"ids 0..{count - 1}" + (f" or names {names}" if names else "")
+        if speaker is None:
+            raise invalid(f"this model has {count} speakers: pass speaker ({described})", "speaker")
+        if isinstance(speaker, str):
+            if speaker in names:
+                return names.index(speaker)
+            if not speaker.isdigit():
+                raise invalid(f"unknown speaker {speaker!r}; use {described}", "speaker")
+            speaker = int(speaker)
+        if not 0 <= speaker < count:
+            raise invalid(f"speaker {speaker} out of range; use {described}", "speaker")
+        return speaker
+
+    def require_bundle(self) -> Bundle:
+        if self.bundle is None:
+            raise unavailable("the model is still loading", "loading", self.settings.retry_after_s)
+        return self.bundle
+
+    def require_engine(self) -> Engine:
+        if self.engine is None:
+            raise unavailable("the model is still loading", "loading", self.settings.retry_after_s)
+        return self.engine
+
+    def card(self) -> ModelCard:
+        bundle = self.require_bundle()
+        config, card, settings = bundle.config, bundle.card, self.settings
+        wavenet = config.wavenet
+        created, version = 0, VERSION
+        if bundle.path is not None:
+            config_path = bundle.path / "config.json"
+            created = int(config_path.stat().st_mtime)
+            version = json.loads(config_path.read_text("utf-8")).get("distilwave_version", version)
+        name = card.get("name") or (bundle.path.name if bundle.path else "distilwave")
+        return ModelCard(
+            id=str(name),
+            created=created,
+            owned_by=str(card.get("owner", "distilwave")),
+            version=str(card.get("version", version)),
+            sample_rate=bundle.sample_rate,
+            hop_length=bundle.hop_length,
+            n_mels=bundle.mel.n_mels,
+            speakers=bundle.speakers,
+            default_temperature=bundle.default_temperature,
+            architecture=Architecture(
+                flows=config.flows,
+                layers_per_flow=wavenet.layers,
+                residual_channels=wavenet.residual_channels,
+                gate_channels=wavenet.gate_channels,
+                skip_channels=wavenet.skip_channels,
+                receptive_field=wavenet.receptive_field,
+                parameters=sum(p.numel() for p in bundle.student.parameters()),
+                source_filter=config.source_filter.enabled,
+                conditional=config.conditional,
+            ),
+            mel=bundle.mel.model_dump(),
+            training=_section(card, "training", "data", "dataset"),
+            metrics=_section(card, "metrics", "evaluation"),
+            license=card.get("license"),
+            limits=Limits(
+                max_duration_s=settings.max_duration_s,
+                max_mel_frames=settings.mel_frame_limit(bundle.sample_rate, bundle.hop_length),
+                max_upload_s=settings.max_upload_s,
+                max_body_bytes=settings.max_body_bytes,
+                formats=list(settings.allowed_formats),
+            ),
+            card=card,
+        )
+
+
+def _section(card: dict[str, Any], *keys: str) -> dict[str, Any] | None:
+    for key in keys:
+        value = card.get(key)
+        if isinstance(value, dict):
+            return value
+        if value is not None:
+            return {key: value}
+    return None
+
+
+def get_service(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+ServiceDep = Annotated[ServiceState, Depends(get_service)]
