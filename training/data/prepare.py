@@ -163,6 +163,16 @@ def _same_source(old: dict[str, Any], item: SourceItem, stat: os.stat_result) ->
     )
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Forkserver where there is one (workers fork from a server that imported the heavy
+    modules once), else spawn; never plain fork after torch's threads started."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["training.data.processing", "librosa.effects"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _results(
     todo: list[SourceItem], settings: ProcessSettings, workers: int
 ) -> Iterator[Processed | Skipped]:
@@ -171,7 +181,7 @@ def _results(
         processor = Processor(settings)
         yield from (processor(item) for item in todo)
         return
-    context = multiprocessing.get_context("spawn")  # fork after torch's threads can deadlock
+    context = _pool_context()
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=init_worker, initargs=(settings,)
     ) as pool:
@@ -369,7 +379,8 @@ def _finish(
             shutil.copyfile(path, out / path.name)
         except OSError as exc:
             logger.warning("could not copy %s (%s)", path, exc)
-    referenced = {row["shard"] for row in rows}
+    # Utterances now shorter than a segment keep their shard: a shorter segment re-uses them.
+    referenced = {row["shard"] for row in rows} | {r["shard"] for r in skipped if "shard" in r}
     for path in shard_paths(out):
         if f"{SHARD_DIR}/{path.name}" not in referenced:
             path.unlink(missing_ok=True)
