@@ -216,7 +216,7 @@ def fetch_default_corpus(
             shutil.copytree(sounds, audio_dir)
         else:
             shutil.move(str(sounds), audio_dir)
-    _record(cache, audio_dir, copyright_file, version, method)
+        _record(cache, audio_dir, copyright_file, version, method)
     return audio_dir
 
 
@@ -226,6 +226,8 @@ def _record(cache: Path, audio_dir: Path, copyright_file: Path, version: str, me
     atomic_write_text(audio_dir / "ATTRIBUTION.md", text)
     if copyright_file.is_file():
         shutil.copyfile(copyright_file, audio_dir / "COPYRIGHT")
+    else:
+        logger.warning("the package has no %s; ATTRIBUTION.md states the licence", COPYRIGHT_FILE)
     files = _inventory(audio_dir)
     record: dict[str, Any] = {
         "package": PACKAGE,
