@@ -60,13 +60,14 @@ PLAIN_VARIANTS = [v for v in VARIANTS if not v.source_filter]
 
 
 def wavenet_config(kernel_size: int = 2, weight_norm: bool = False) -> WaveNetConfig:
-    """Three layers (dilations 1, 2, 1), four channels everywhere."""
+    """Three layers (dilations 1, 2, 1), four residual channels, eight skip channels (so the
+    ReLU head of a randomised network is rarely dead at any one step)."""
     return WaveNetConfig(
         layers=3,
         cycle=2,
         residual_channels=4,
         gate_channels=4,
-        skip_channels=4,
+        skip_channels=8,
         kernel_size=kernel_size,
         weight_norm=weight_norm,
     )
@@ -106,17 +107,19 @@ def randomise(module: nn.Module, seed: int, std: float = 0.3) -> nn.Module:
 
     A weight-normalised layer gets the magnitude ``g = ||v||`` of its random direction, so its
     weight has the same distribution as a plain layer's (a random ``g`` of the same std would
-    shrink every row and let the biases switch the ReLU head off).
+    shrink every row and let the biases switch the ReLU head off). Biases get a quarter of
+    ``std`` for the same reason.
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for parameter in module.parameters():
+        for name, parameter in module.named_parameters():
             noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
-            parameter.copy_(noise * std)
+            parameter.copy_(noise * (std / 4 if name.endswith("bias") else std))
         for sub in module.modules():
             if parametrize.is_parametrized(sub, "weight"):
                 weight = sub.parametrizations.weight
-                weight.original0.copy_(weight.original1.norm(dim=1, keepdim=True))
+                norms = weight.original1.flatten(1).norm(dim=1)
+                weight.original0.copy_(norms.reshape(weight.original0.shape))
     return module
 
 
