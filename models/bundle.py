@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.config import MelConfig, StudentConfig
@@ -155,8 +156,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         raise ValueError(f"{directory} is not a distilwave bundle (config.json, model.safetensors)")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{config_path}: invalid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise ValueError(
             f"{directory} is not a distilwave bundle (format {config.get('format')!r})"
@@ -166,11 +169,32 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
             f"{directory}: bundle format version {config.get('format_version')} is not supported "
             f"(this distilwave reads version {FORMAT_VERSION})"
         )
-    mel = MelConfig.model_validate(config["mel"])
-    student_config = StudentConfig.model_validate(config["student"])
+    try:
+        mel = MelConfig.model_validate(config["mel"])
+        student_config = StudentConfig.model_validate(config["student"])
+    except KeyError as exc:
+        raise ValueError(f"{config_path}: missing {exc}") from exc
+    for key, value in (("sample_rate", mel.sample_rate), ("hop_length", mel.hop_length)):
+        if config.get(key) != value:
+            raise ValueError(
+                f"{config_path}: {key} {config.get(key)!r} disagrees with the mel config ({value})"
+            )
+    speakers = config.get("speakers", [])
+    if not isinstance(speakers, list) or not all(isinstance(name, str) for name in speakers):
+        raise ValueError(f"{config_path}: speakers must be a list of names")
+    try:
+        default_temperature = float(config.get("default_temperature", 1.0))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{config_path}: default_temperature must be a number") from exc
     student = IAFStudent(student_config, mel)
-    state = load_file(str(weights_path))
-    missing, unexpected = student.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(weights_path))
+    except SafetensorError as exc:
+        raise ValueError(f"{weights_path}: unreadable weights ({exc})") from exc
+    try:
+        missing, unexpected = student.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise ValueError(f"{directory}: weights do not match the config ({exc})") from exc
     if missing or unexpected:
         raise ValueError(
             f"{directory}: weights do not match the config (missing {missing[:3]}, "
@@ -178,13 +202,18 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         )
     student.to(device).eval()
     card_path = directory / "card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    card: dict[str, Any] = {}
+    if card_path.is_file():
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{card_path}: invalid JSON ({exc})") from exc
     return Bundle(
         student=student,
         mel=mel,
         config=student_config,
-        speakers=list(config.get("speakers", [])),
-        default_temperature=float(config.get("default_temperature", 1.0)),
+        speakers=list(speakers),
+        default_temperature=default_temperature,
         card=card,
         path=directory,
     )
