@@ -24,18 +24,18 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from training.config import Preset
+from training.data.outputs import now_iso, prepared_payload, write_outputs
 from training.data.processing import (
     Processed,
     Processor,
@@ -53,22 +53,16 @@ from training.data.shards import (
     SHARD_DIR,
     ShardWriter,
     atomic_write_json,
-    atomic_write_text,
     read_shard_rows,
     remove_temp_files,
     shard_paths,
 )
-from training.data.sources import SourceItem, SourceScan, scan_source
-from training.data.split import SPLITS, assign_splits
+from training.data.sources import SourceItem, scan_source
 from training.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 RETRY_KINDS = frozenset({"unreadable", "error", "missing", "duplicate_id"})
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _check_paths(src: Path, out: Path) -> None:
@@ -108,30 +102,7 @@ def _open_output(out: Path, preset: Preset, rebuild: bool) -> None:
         else:
             return
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, _prepared_payload(preset, [], {}, None, None, complete=False))
-
-
-def _prepared_payload(
-    preset: Preset,
-    speakers: list[str],
-    counts: dict[str, Any],
-    source: Path | None,
-    layout: str | None,
-    complete: bool,
-) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "complete": complete,
-        "preset": preset.name,
-        "mel": preset.mel.model_dump(),
-        "data": preset.data.model_dump(),
-        "speakers": speakers,
-        "counts": counts,
-        "source": str(source) if source else None,
-        "layout": layout,
-        "shard_format": "safetensors (audio/<id> int16 (T,), mel/<id> float32 (n_mels, F))",
-        "updated": _now(),
-    }
+    atomic_write_json(marker, prepared_payload(preset, [], {}, None, None, complete=False))
 
 
 def _previous_rows(out: Path) -> dict[str, dict[str, Any]]:
@@ -257,7 +228,7 @@ def prepare_corpus(
     Raises:
         UserError: Bad paths or layout, a mismatched ``out``, or no usable audio (exit 2).
     """
-    started, start_time = _now(), time.monotonic()
+    started, start_time = now_iso(), time.monotonic()
     src, out = Path(src).expanduser().absolute(), Path(out).expanduser().absolute()
     workers = preset.data.workers if workers is None else workers
     if workers < 1:
@@ -324,7 +295,7 @@ def prepare_corpus(
     kept.update((row["id"], row) for row in new_rows)
     skipped.extend(new_skips)
     rows = [kept[item.id] for item in scan.items if item.id in kept]
-    report = _finish(src, out, preset, rows, skipped, scan)
+    report = write_outputs(src, out, preset, rows, skipped, scan)
     report["counts"].update(processed=len(todo), reused=reused)
     report.update(
         started=started, workers=workers, wall_seconds=round(time.monotonic() - start_time, 3)
@@ -336,75 +307,3 @@ def prepare_corpus(
             f"{len(skipped)} skipped (see {out / REPORT_FILE})"
         )
     return report
-
-
-def _finish(
-    src: Path,
-    out: Path,
-    preset: Preset,
-    rows: list[dict[str, Any]],
-    skipped: list[dict[str, Any]],
-    scan: SourceScan,
-) -> dict[str, Any]:
-    """Split, write manifest + prepared.json, copy licences, drop unused shards; the report."""
-    data = preset.data
-    splits = assign_splits(
-        (row["id"] for row in rows), data.split_seed, data.val_fraction, data.test_fraction
-    )
-    speakers = sorted({row["speaker"] for row in rows})
-    speaker_ids = {name: index for index, name in enumerate(speakers)}
-    lines = []
-    for row in rows:
-        row["split"] = splits[row["id"]]
-        row["speaker_id"] = speaker_ids[row["speaker"]]
-        lines.append(json.dumps(row, sort_keys=True))
-    atomic_write_text(out / MANIFEST_FILE, "".join(f"{line}\n" for line in lines))
-
-    seconds = {name: 0.0 for name in SPLITS}
-    utterances = Counter(row["split"] for row in rows)
-    for row in rows:
-        seconds[row["split"]] += row["duration"]
-    counts: dict[str, Any] = {
-        "utterances": len(rows),
-        **{name: utterances.get(name, 0) for name in SPLITS},
-        "seconds": {name: round(value, 3) for name, value in seconds.items()},
-        "hours": round(sum(seconds.values()) / 3600.0, 4),
-        "speakers": len(speakers),
-    }
-    atomic_write_json(
-        out / PREPARED_FILE, _prepared_payload(preset, speakers, counts, src, scan.layout, True)
-    )
-    for path in scan.licence_files:
-        try:
-            shutil.copyfile(path, out / path.name)
-        except OSError as exc:
-            logger.warning("could not copy %s (%s)", path, exc)
-    # Utterances now shorter than a segment keep their shard: a shorter segment re-uses them.
-    referenced = {row["shard"] for row in rows} | {r["shard"] for r in skipped if "shard" in r}
-    for path in shard_paths(out):
-        if f"{SHARD_DIR}/{path.name}" not in referenced:
-            path.unlink(missing_ok=True)
-
-    by_kind = Counter(record["kind"] for record in skipped)
-    return {
-        "format_version": FORMAT_VERSION,
-        "source": str(src),
-        "out": str(out),
-        "layout": scan.layout,
-        "preset": preset.name,
-        "counts": {
-            "audio_files": len(scan.items),
-            "kept": len(rows),
-            "skipped": len(skipped),
-            "ignored": sum(scan.ignored.values()),
-        },
-        "kept_hours": counts["hours"],
-        "splits": {
-            name: {"utterances": counts[name], "seconds": counts["seconds"][name]}
-            for name in SPLITS
-        },
-        "speakers": len(speakers),
-        "skipped_by_kind": dict(sorted(by_kind.items())),
-        "skipped": sorted(skipped, key=lambda record: record["path"]),
-        "ignored": {"by_reason": dict(scan.ignored), "examples": scan.ignored_examples},
-    }
