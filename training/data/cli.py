@@ -21,7 +21,10 @@ SHOW_SKIPPED = 20
 def fetch(
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Cache folder [default: $DISTILWAVE_CACHE/corpora/<package>]."),
+        typer.Option(
+            help="Cache folder (default: ${DISTILWAVE_CACHE:-~/.cache/distilwave}/corpora/"
+            "asterisk-core-sounds-en-wav)."
+        ),
     ] = None,
     install: Annotated[
         bool, typer.Option("--install", help="apt-get install the package (root only).")
@@ -76,7 +79,7 @@ def prepare(
         typer.Option("--set", help="Override a preset key: --set data.trim_top_db=30."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes [default: data.workers].")
+        int | None, typer.Option(help="Worker processes (default: the preset's data.workers).")
     ] = None,
     layout: Annotated[str, typer.Option(help=f"Source layout: {', '.join(LAYOUTS)}.")] = "auto",
     rebuild: Annotated[
