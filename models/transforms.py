@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+NumberT = TypeVar("NumberT", float, Tensor)
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -50,6 +53,6 @@ def delay(sequence: Tensor, previous: Tensor | None = None) -> Tensor:
     return torch.cat([previous[..., None], sequence[..., :-1]], dim=-1)
 
 
-def bits_per_sample(nll_nats_per_sample: Tensor | float) -> Tensor | float:
+def bits_per_sample(nll_nats_per_sample: NumberT) -> NumberT:
     """16-bit audio on [-1, 1]: ``nll / ln 2 + 15`` (dequantisation bin of width 2^-15)."""
     return nll_nats_per_sample / math.log(2.0) + 15.0

@@ -1,4 +1,4 @@
-"""Presets: one YAML file per recipe under ``configs/``, validated here, overridable by ``--set``."""
+"""Presets: one YAML file per recipe in ``configs/``, validated here, overridable by ``--set``."""
 
 from __future__ import annotations
 
@@ -141,7 +141,9 @@ def available_presets() -> list[str]:
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. teacher_training.loop.steps=50)")
+        raise ConfigError(
+            f"override {item!r} is not KEY=VALUE (e.g. teacher_training.loop.steps=50)"
+        )
     key, raw = item.split("=", 1)
     path = [part for part in key.strip().split(".") if part]
     if not path:

@@ -1,0 +1,93 @@
+"""``distilwave train teacher|student``: one training job each, resumable, torchrun-ready."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from training.config import load_preset
+
+app = typer.Typer(
+    help="Train the teacher (maximum likelihood) or distil the student (reverse KL).",
+    no_args_is_help=True,
+)
+
+PresetOption = Annotated[
+    str, typer.Option("--preset", "-p", help="preset name in configs/ or a YAML path")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a preset value, KEY=VALUE (repeatable)"),
+]
+DataOption = Annotated[
+    Path,
+    typer.Option(
+        "--data", exists=True, file_okay=False, help="prepared corpus (distilwave data prepare)"
+    ),
+]
+RunDirOption = Annotated[
+    Path | None, typer.Option("--run-dir", help="where checkpoints, logs and TensorBoard go")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="continue the run in --run-dir from its last checkpoint")
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda")
+]
+
+
+@app.command("teacher")
+def teacher(
+    data: DataOption,
+    preset: PresetOption = "cpu-8k",
+    overrides: SetOption = None,
+    run_dir: RunDirOption = None,
+    resume: ResumeOption = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Train the Gaussian WaveNet teacher (MAF) by maximum likelihood on a prepared corpus.
+
+    Under torchrun (`torchrun --nproc-per-node N -m training.cli train teacher ...`) it runs
+    DistributedDataParallel; rank 0 writes checkpoints.
+    """
+    from training.jobs import run_teacher
+
+    config = load_preset(preset, overrides)
+    result, where = run_teacher(config, data, run_dir, resume, device)
+    typer.echo(
+        f"teacher: {result.step} steps ({result.stopped}), best bits/sample "
+        f"{result.best_metric:.3f}; run in {where}"
+    )
+
+
+@app.command("student")
+def student(
+    data: DataOption,
+    teacher: Annotated[
+        Path,
+        typer.Option("--teacher", exists=True, help="teacher run directory or checkpoint file"),
+    ],
+    preset: PresetOption = "cpu-8k",
+    overrides: SetOption = None,
+    run_dir: RunDirOption = None,
+    resume: ResumeOption = False,
+    kl: Annotated[
+        Literal["closed", "mc"] | None,
+        typer.Option("--kl", help="closed-form per-step KL (default) or Monte-Carlo reverse KL"),
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Distil the parallel IAF student from a trained teacher (reverse KL + spectral loss)."""
+    from training.jobs import run_student
+
+    extra = list(overrides or [])
+    if kl is not None:
+        extra.append(f"distillation.kl={kl}")
+    config = load_preset(preset, extra)
+    result, where = run_student(config, data, teacher, run_dir, resume, device)
+    typer.echo(
+        f"student: {result.step} steps ({result.stopped}), best validation "
+        f"{result.best_metric:.4g}; run in {where}"
+    )
