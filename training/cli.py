@@ -29,6 +29,9 @@ def _register() -> None:
     from training.data.cli import app as data_app
 
     app.add_typer(data_app, name="data", help="Fetch the default corpus; prepare any corpus.")
+    from training.train_cli import app as train_app
+
+    app.add_typer(train_app, name="train")
     from training.serve_cli import serve
 
     app.command("serve")(serve)
