@@ -45,15 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     try:
         result = app(args=argv, prog_name="distilwave", standalone_mode=False)
-    except click.UsageError as exc:
-        click.echo(f"distilwave: error: {exc.format_message()}", err=True)
-        sys.exit(2)
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
+        click.echo("distilwave: interrupted", err=True)
+        sys.exit(130)
+    except (click.ClickException, typer.TyperException) as exc:
+        # typer >= 0.29 vendors click: its usage errors are TyperException subclasses
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        click.echo(f"distilwave: error: {' '.join(message.split())}", err=True)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
     except (UserError, ConfigError) as exc:
         click.echo(f"distilwave: error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("distilwave: interrupted", err=True)
-        sys.exit(130)
     if isinstance(result, int) and result:
         sys.exit(result)
 
