@@ -192,6 +192,8 @@ class GaussianWaveNet(nn.Module):
     ) -> Tensor:
         """Autoregressive sampling ``(B, T)``; ``cached=False`` is the naive O(T^2) reference."""
         if noise is None:
+            if temperature < 0:
+                raise ValueError("temperature must be >= 0")
             param = next(self.parameters())
             noise = torch.randn(
                 context.batch,
@@ -201,4 +203,10 @@ class GaussianWaveNet(nn.Module):
                 device=param.device,
             )
             noise = noise * temperature
+        if noise.shape != (context.batch, context.num_samples):
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}, expected "
+                f"({context.batch}, {context.num_samples})"
+            )
+        check_finite("noise", noise)
         return self.flow(noise, context, cached=cached).output
