@@ -17,7 +17,9 @@ from tests.models.helpers import (
     VARIANTS,
     make_context,
     make_student,
+    random_mel,
     random_signal,
+    speaker_ids,
 )
 
 KERNELS = pytest.mark.parametrize("kernel_size", [2, 3])
@@ -216,6 +218,27 @@ def test_streaming_chunk_by_chunk_equals_one_full_pass(variant, kernel_size, chu
     torch.testing.assert_close(
         torch.cat(chunks, dim=1), student.generate(context, noise=noise), rtol=0, atol=1e-12
     )
+
+
+@ALL_VARIANTS
+def test_a_clip_generated_in_a_batch_equals_the_clip_generated_alone(variant):
+    # Within float64 rounding: conv kernels may sum in another order for another batch size.
+    student, context, noise = _student_case(variant, batch=3, frames=6)
+    batched = student.generate(context, noise=noise)
+    mel = random_mel(3, 6, seed=2) if variant.conditional else None  # make_context's mel
+    speakers = speaker_ids(3) if variant.speakers else None
+    for index in range(3):
+        speaker = None if speakers is None else speakers[index : index + 1]
+        if mel is None:
+            single = student.context(num_samples=context.num_samples, speaker=speaker, batch=1)
+        else:
+            single = student.context(mel=mel[index : index + 1], speaker=speaker)
+        torch.testing.assert_close(
+            student.generate(single, noise=noise[index : index + 1]),
+            batched[index : index + 1],
+            rtol=0,
+            atol=1e-12,
+        )
 
 
 # --- gradients, parameters, seeding -----------------------------------------------------------

@@ -239,3 +239,34 @@ def test_maf_sampling_refuses_a_stream():
 
     with pytest.raises(ValueError, match="no stream"):
         teacher.flow(random_signal(context, seed=1), context, stream=Stream())
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[4]], ids=str)
+@pytest.mark.parametrize("change", ["longer", "shorter", "batch"])
+def test_teacher_sample_rejects_noise_that_does_not_match_the_context(variant, change):
+    teacher = make_teacher(variant)
+    context = make_context(teacher, variant)
+    noise = random_signal(context, seed=1, scale=1.0)
+    bad = {
+        "longer": torch.cat([noise, noise[:, :5]], 1),
+        "shorter": noise[:, :-3],
+        "batch": noise[:1],  # would broadcast over the batch
+    }[change]
+    with pytest.raises(ValueError, match="noise has shape"):
+        teacher.sample(context, noise=bad)
+
+
+@pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[4]], ids=str)
+def test_teacher_sample_rejects_nan_noise(variant):
+    teacher = make_teacher(variant)
+    context = make_context(teacher, variant)
+    noise = random_signal(context, seed=1, scale=1.0)
+    noise[1, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        teacher.sample(context, noise=noise)
+
+
+def test_teacher_sample_rejects_a_negative_temperature():
+    teacher = make_teacher(VARIANTS[0])
+    with pytest.raises(ValueError, match="temperature"):
+        teacher.sample(make_context(teacher, VARIANTS[0]), temperature=-0.5)
