@@ -32,6 +32,12 @@ def _register() -> None:
     from training.train_cli import app as train_app
 
     app.add_typer(train_app, name="train")
+    from training import run_cli
+
+    app.command("evaluate")(run_cli.evaluate_command)
+    app.command("export")(run_cli.export_command)
+    app.command("generate")(run_cli.generate_command)
+    app.command("pipeline")(run_cli.pipeline_command)
     from training.serve_cli import serve
 
     app.command("serve")(serve)

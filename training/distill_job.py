@@ -134,6 +134,7 @@ class DistillRecipe:
         self.validation = UtteranceDataset(
             data_dir, "val", max_seconds=loop.val_max_seconds, limit=loop.val_utterances
         )
+        self.history: list[tuple[int, float, float, float]] = []
 
     @torch.no_grad()
     def validate(
@@ -167,6 +168,7 @@ class DistillRecipe:
         stft_mean = sum(stft) / len(stft)
         cfg = self.preset.distillation
         metric = cfg.kl_weight * kl_closed + cfg.stft_weight * stft_mean
+        self.history.append((step, kl_closed, kl_mc, stft_mean))
         if writer is not None and sample_audio is not None:
             rate = self.preset.mel.sample_rate
             real, fake = sample_audio
@@ -184,7 +186,7 @@ class DistillRecipe:
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {}
+        return {"history": self.history}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        return None
+        self.history = [(r[0], r[1], r[2], r[3]) for r in state.get("history", [])]

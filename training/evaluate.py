@@ -1,0 +1,240 @@
+"""``distilwave evaluate``: an honest report on held-out audio, baselines beside the models.
+
+Writes ``eval.json``, spectrogram comparisons (PNG), learning curves and audio files:
+teacher bits/sample next to an AR(32) baseline; the student's KL to the teacher (closed form
+and Monte Carlo, with standard errors) and the teacher's bits on student output; resynthesis
+quality of the student, Griffin-Lim and a noise-excited LPC vocoder; and generation speeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from models.config import SourceFilterConfig
+from models.kl import closed_form_kl, mean_and_stderr, monte_carlo_kl
+from models.student import IAFStudent
+from models.teacher import GaussianWaveNet
+from models.transforms import bits_per_sample
+from training.checkpoint import atomic_write_json
+from training.config import Preset
+from training.data.dataset import PreparedCorpus, UtteranceDataset
+from training.metrics import (
+    LinearPredictionBaseline,
+    all_metrics,
+    griffin_lim,
+    lpc_noise_vocoder,
+)
+from training.plots import curves_figure, save_figure, spectrogram_figure
+from training.teacher_job import check_corpus, model_context, utterance_bits
+
+log = logging.getLogger(__name__)
+
+
+def _file_id(utterance_id: str) -> str:
+    return utterance_id.replace("/", "__")
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = rows[0].keys() if rows else []
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+
+
+def fit_ar_baseline(corpus: PreparedCorpus, max_seconds: float = 600.0) -> LinearPredictionBaseline:
+    """AR(32) on up to ``max_seconds`` of the training split (dequantised like the models' data)."""
+    rng = np.random.default_rng(0)
+    signals, total = [], 0.0
+    for row in corpus.utterances("train"):
+        audio, _ = corpus.load(row)
+        x = audio.numpy() + (rng.random(len(audio)) - 0.5) / 32768.0
+        signals.append(x)
+        total += len(x) / corpus.sample_rate
+        if total >= max_seconds:
+            break
+    return LinearPredictionBaseline(32).fit(signals)
+
+
+def _timed(function: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+@torch.no_grad()
+def evaluate(
+    preset: Preset,
+    data_dir: Path,
+    teacher: GaussianWaveNet,
+    student: IAFStudent,
+    out_dir: Path,
+    histories: dict[str, list[tuple[float, float]]] | None = None,
+) -> dict[str, Any]:
+    """Evaluate on the test split and write the report into ``out_dir``; returns ``eval.json``."""
+    cfg = preset.evaluation
+    rate = preset.mel.sample_rate
+    corpus = check_corpus(preset, data_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "audio").mkdir(exist_ok=True)
+    (out_dir / "figures").mkdir(exist_ok=True)
+    test = UtteranceDataset(data_dir, "test", max_seconds=cfg.max_seconds, limit=cfg.utterances)
+    items = [test[i] for i in range(len(test))]
+    if not items:
+        raise ValueError(f"{data_dir} has no test utterances to evaluate on")
+    teacher.eval()
+    student.eval()
+    conditional = student.config.conditional
+    source_filter = preset.teacher.source_filter
+    lpc_config = source_filter if source_filter.enabled else SourceFilterConfig()
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    baseline = fit_ar_baseline(corpus)
+    ar_nll, ar_count = 0.0, 0
+    for item in items:
+        nll, count = baseline.nll(item["audio"].numpy())
+        ar_nll, ar_count = ar_nll + nll, ar_count + count
+    real_bits = utterance_bits(teacher, items, torch.device("cpu"))
+
+    rows: dict[str, list[dict[str, float]]] = {"student": [], "griffin_lim": [], "lpc_noise": []}
+    seconds: dict[str, float] = {"student": 0.0, "griffin_lim": 0.0, "lpc_noise": 0.0}
+    closed, mc, student_bits_nll, student_samples = [], [], 0.0, 0
+    audio_total = 0
+    for index, item in enumerate(tqdm(items, desc="evaluate", dynamic_ncols=True)):
+        real = item["audio"].numpy()
+        mel = item["mel"][None]
+        speaker = item["speaker"].reshape(1)
+        audio_total += len(real)
+        context = model_context(student, mel, speaker, len(real), conditional)
+        noise = student.draw_noise(context, cfg.temperature, generator)
+        fake, elapsed = _timed(lambda c=context, n=noise: student.generate(c, noise=n))
+        seconds["student"] += elapsed
+        fake_np = fake[0].numpy()
+        # KL at temperature 1 (the distilled objective), on the same mel
+        sample = student.sample(context, generator=generator)
+        t_context = model_context(teacher, mel, speaker, len(real), conditional)
+        mean_t, log_t = teacher.conditionals(sample.waveform, t_context)
+        closed.append(closed_form_kl(sample.mean, sample.log_scale, mean_t, log_t))
+        log_s = student.log_prob_of_sample(sample)
+        mc.append(monte_carlo_kl(log_s, sample.waveform, mean_t, log_t))
+        student_bits_nll += float(-teacher.log_prob(sample.waveform, t_context).sum())
+        student_samples += sample.waveform.shape[1]
+        gl, elapsed = _timed(
+            lambda f=item["mel"]: griffin_lim(f, preset.mel, cfg.griffin_lim_iters)
+        )
+        seconds["griffin_lim"] += elapsed
+        noise_voc, elapsed = _timed(
+            lambda f=item["mel"]: lpc_noise_vocoder(f, preset.mel, lpc_config, generator)
+        )
+        seconds["lpc_noise"] += elapsed
+        outputs = {"student": fake_np, "griffin_lim": gl, "lpc_noise": noise_voc}
+        for name, audio in outputs.items():
+            rows[name].append(all_metrics(real, audio, rate))
+        if index < 5:
+            for name, audio in {"real": real, **outputs}.items():
+                sf.write(
+                    out_dir / "audio" / f"{_file_id(item['id'])}_{name}.wav",
+                    np.clip(audio, -1, 1),
+                    rate,
+                )
+        if index < 3:
+            fig = spectrogram_figure(
+                {
+                    "real": real,
+                    "student (IAF)": fake_np,
+                    "Griffin-Lim": gl,
+                    "LPC + noise": noise_voc,
+                },
+                rate,
+                title=str(item["id"]),
+            )
+            save_figure(
+                fig,
+                str(out_dir / "figures" / f"spectrogram_{index}_{_file_id(item['id'])}.png"),
+            )
+
+    teacher_clip = _teacher_clip(preset, teacher, student, items[0], out_dir, generator)
+    kl_closed, kl_closed_se = mean_and_stderr(torch.cat(closed))
+    kl_mc, kl_mc_se = mean_and_stderr(torch.cat(mc))
+    speed = {
+        name: {"samples_per_second": audio_total / s, "x_real_time": audio_total / s / rate}
+        for name, s in seconds.items()
+    }
+    speed["teacher_autoregressive"] = teacher_clip["speed"]
+    report: dict[str, Any] = {
+        "preset": preset.name,
+        "data": str(data_dir),
+        "test_utterances": len(items),
+        "test_seconds": audio_total / rate,
+        "teacher": {
+            "bits_per_sample": real_bits,
+            "bits_per_sample_on_student_output": float(
+                bits_per_sample(student_bits_nll / student_samples)
+            ),
+            "ar32_baseline_bits_per_sample": float(bits_per_sample(ar_nll / ar_count)),
+        },
+        "student": {
+            "kl_closed_nats_per_sample": kl_closed,
+            "kl_closed_stderr": kl_closed_se,
+            "kl_mc_nats_per_sample": kl_mc,
+            "kl_mc_stderr": kl_mc_se,
+            "temperature": cfg.temperature,
+        },
+        "resynthesis": {name: _mean(r) for name, r in rows.items()},
+        "speed": speed,
+        "figures": sorted(str(p.relative_to(out_dir)) for p in (out_dir / "figures").glob("*.png")),
+    }
+    if histories:
+        for name, points in histories.items():
+            if points:
+                fig = curves_figure({name: points}, "step", name)
+                slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+                save_figure(fig, str(out_dir / "figures" / f"curve_{slug}.png"))
+        report["learning_curves"] = histories
+    atomic_write_json(out_dir / "eval.json", report)
+    log.info("evaluation written to %s", out_dir / "eval.json")
+    return report
+
+
+@torch.no_grad()
+def _teacher_clip(
+    preset: Preset,
+    teacher: GaussianWaveNet,
+    student: IAFStudent,
+    item: dict[str, Any],
+    out_dir: Path,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """The teacher's autoregressive sample of a short clip (it is slow by nature) and its speed."""
+    rate, hop = preset.mel.sample_rate, preset.mel.hop_length
+    frames = max(2, int(preset.evaluation.teacher_sample_seconds * rate) // hop + 1)
+    mel = item["mel"][None, :, :frames]
+    steps = (mel.shape[-1] - 1) * hop
+    real = item["audio"][:steps].numpy()
+    speaker = item["speaker"].reshape(1)
+    conditional = teacher.config.conditional
+    context = model_context(teacher, mel, speaker, steps, conditional)
+    sample, elapsed = _timed(lambda: teacher.sample(context, generator=generator))
+    s_context = model_context(student, mel, speaker, steps, conditional)
+    fake = student.generate(
+        s_context, temperature=preset.evaluation.temperature, generator=generator
+    )
+    teacher_np = sample[0].numpy()
+    sf.write(
+        out_dir / "audio" / f"{_file_id(item['id'])}_clip_teacher.wav",
+        np.clip(teacher_np, -1, 1),
+        rate,
+    )
+    sf.write(out_dir / "audio" / f"{_file_id(item['id'])}_clip_real.wav", real, rate)
+    fig = spectrogram_figure(
+        {"real": real, "teacher (autoregressive)": teacher_np, "student": fake[0].numpy()},
+        rate,
+        title=f"{item['id']} (first {steps / rate:.2f} s)",
+    )
+    save_figure(fig, str(out_dir / "figures" / "teacher_clip.png"))
+    return {"speed": {"samples_per_second": steps / elapsed, "x_real_time": steps / elapsed / rate}}

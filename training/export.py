@@ -1,0 +1,138 @@
+"""``distilwave export``: the self-contained student bundle with its model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.bundle import VERSION, save_bundle
+from models.student import IAFStudent
+from training.checkpoint import CheckpointManager, load_checkpoint
+from training.config import Preset, preset_from_dict
+from training.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(path: Path, kind: str) -> Path:
+    """A checkpoint file, or a run directory's ``best.pt`` (else its newest step)."""
+    if path.is_dir():
+        manager = CheckpointManager(path / "checkpoints", keep=1)
+        if manager.best_path.is_file():
+            return manager.best_path
+        found = manager.latest()
+        if found is None:
+            raise UserError(f"{path} holds no {kind} checkpoint")
+        return found[0]
+    if not path.is_file():
+        raise UserError(f"no {kind} checkpoint at {path}")
+    return path
+
+
+def load_student(path: Path, device: torch.device) -> tuple[IAFStudent, Preset, dict[str, Any]]:
+    """The EMA student, the preset it was trained with and its checkpoint metadata."""
+    path = resolve_checkpoint(path, "student")
+    state = load_checkpoint(path)
+    if state.get("kind") != "student":
+        raise UserError(f"{path} is a {state.get('kind')} checkpoint, not a student")
+    preset = preset_from_dict(state["config"]["preset"])
+    student = IAFStudent(preset.student, preset.mel)
+    student.load_state_dict(state["ema"]["shadow"])
+    log.info("loaded student (EMA) from %s, step %d", path, state["step"])
+    meta = {"step": state["step"], "elapsed_seconds": state.get("elapsed"), "checkpoint": str(path)}
+    meta["teacher"] = state["config"].get("teacher")
+    return student.to(device).eval(), preset, meta
+
+
+def _data_card(data_dir: Path | None) -> dict[str, Any]:
+    if data_dir is None or not (data_dir / "prepared.json").is_file():
+        return {}
+    prepared = json.loads((data_dir / "prepared.json").read_text())
+    card: dict[str, Any] = {
+        "source": prepared.get("source"),
+        "counts": prepared.get("counts"),
+        "speakers": prepared.get("speakers"),
+    }
+    attribution = data_dir / "ATTRIBUTION.md"
+    if attribution.is_file():
+        card["attribution"] = attribution.read_text(encoding="utf-8")
+    return card
+
+
+def _readme(card: dict[str, Any]) -> str:
+    metrics = card.get("metrics", {})
+    lines = [
+        f"# {card['name']}",
+        "",
+        "A distilwave student: a parallel inverse autoregressive flow distilled from a Gaussian",
+        "WaveNet teacher. Serve it with `distilwave serve --bundle DIR`.",
+        "",
+        f"- sample rate {card['sample_rate']} Hz, hop {card['hop_length']}",
+        f"- {card['architecture']['flows']} flows x {card['architecture']['layers_per_flow']} "
+        f"layers, {card['architecture']['parameters']:,} parameters, source-filter "
+        f"{'on' if card['architecture']['source_filter'] else 'off'}",
+        f"- preset `{card['preset']}`, {card['training'].get('steps')} distillation steps",
+    ]
+    if metrics:
+        lines += [
+            "",
+            "## Evaluation (held-out test split)",
+            "",
+            "```",
+            json.dumps(metrics, indent=2),
+        ]
+        lines += ["```"]
+    data = card.get("data", {})
+    if data.get("attribution"):
+        lines += ["", "## Training data", "", data["attribution"].strip()]
+    return "\n".join(lines) + "\n"
+
+
+def export_bundle(
+    student_path: Path, out: Path, data_dir: Path | None = None, eval_json: Path | None = None
+) -> Path:
+    """Write the bundle for a trained student to ``out`` (atomically)."""
+    student, preset, meta = load_student(student_path, torch.device("cpu"))
+    metrics: dict[str, Any] = {}
+    if eval_json is not None:
+        if not eval_json.is_file():
+            raise UserError(f"no evaluation report at {eval_json}")
+        report = json.loads(eval_json.read_text())
+        metrics = {
+            k: report[k] for k in ("teacher", "student", "resynthesis", "speed") if k in report
+        }
+    data = _data_card(data_dir)
+    card: dict[str, Any] = {
+        "name": f"distilwave-{preset.name}",
+        "version": VERSION,
+        "preset": preset.name,
+        "sample_rate": preset.mel.sample_rate,
+        "hop_length": preset.mel.hop_length,
+        "architecture": {
+            "flows": preset.student.flows,
+            "layers_per_flow": preset.student.wavenet.layers,
+            "residual_channels": preset.student.wavenet.residual_channels,
+            "parameters": int(sum(p.numel() for p in student.parameters())),
+            "source_filter": preset.student.source_filter.enabled,
+            "conditional": preset.student.conditional,
+        },
+        "training": meta,
+        "data": data,
+        "metrics": metrics,
+        "licence": "weights: trained on the data below; see its licence",
+    }
+    speakers = list(data.get("speakers") or []) if preset.student.n_speakers else []
+    save_bundle(
+        out,
+        student,
+        speakers=speakers,
+        default_temperature=preset.evaluation.temperature,
+        card=card,
+        readme=_readme(card),
+    )
+    log.info("bundle written to %s", out)
+    return out

@@ -1,0 +1,152 @@
+"""``distilwave pipeline``: fetch -> prepare -> teacher -> student -> evaluate -> export.
+
+Everything lands in one run directory; ``pipeline.json`` records each finished step with its
+wall time, so ``--resume`` skips what is done and continues a killed training step from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import atomic_write_json, load_checkpoint
+from training.config import Preset
+from training.data.fetch import resolve_corpus
+from training.data.prepare import prepare_corpus
+from training.errors import UserError
+from training.evaluate import evaluate
+from training.export import export_bundle, load_student, resolve_checkpoint
+from training.jobs import run_student, run_teacher
+from training.teacher_job import load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process and its finished children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+def _histories(teacher_dir: Path, student_dir: Path) -> dict[str, list[tuple[float, float]]]:
+    """Validation curves stored in the runs' last checkpoints."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    teacher = load_checkpoint(resolve_checkpoint(teacher_dir, "teacher"))
+    curves["teacher bits per sample (val)"] = [(p[0], p[1]) for p in teacher["recipe"]["history"]]
+    student = load_checkpoint(resolve_checkpoint(student_dir, "student"))
+    rows = student["recipe"].get("history", [])
+    curves["student KL closed form (val, nats per sample)"] = [(r[0], r[1]) for r in rows]
+    curves["student KL Monte Carlo (val, nats per sample)"] = [(r[0], r[2]) for r in rows]
+    curves["student MR-STFT (val)"] = [(r[0], r[3]) for r in rows]
+    return curves
+
+
+def run_pipeline(
+    preset: Preset,
+    run_dir: Path,
+    source: Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Run every step of ``preset`` into ``run_dir``; returns the pipeline record."""
+    record_path = run_dir / "pipeline.json"
+    if record_path.is_file() and not resume:
+        raise UserError(
+            f"{run_dir} already holds a pipeline run: pass --resume or another --run-dir"
+        )
+    record: dict[str, Any] = (
+        json.loads(record_path.read_text()) if record_path.is_file() else {"steps": {}}
+    )
+    record["preset"] = preset.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: run_dir / name for name in ("data", "teacher", "student", "eval", "bundle")}
+
+    def step(name: str, action: Callable[[], Any]) -> None:
+        if record["steps"].get(name, {}).get("done"):
+            log.info("pipeline: %s already done, skipping", name)
+            return
+        log.info("pipeline: %s ...", name)
+        start = time.monotonic()
+        detail = action()
+        record["steps"][name] = {
+            "done": True,
+            "seconds": round(time.monotonic() - start, 1),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            **(detail or {}),
+        }
+        atomic_write_json(record_path, record)
+
+    corpus: dict[str, Path] = {}
+
+    def fetch() -> dict[str, Any]:
+        corpus["path"] = source if source is not None else resolve_corpus(preset.data.corpus)
+        return {"corpus": str(corpus["path"])}
+
+    def prepare() -> dict[str, Any]:
+        src = corpus.get("path") or Path(record["steps"]["fetch"]["corpus"])
+        report = prepare_corpus(src, paths["data"], preset)
+        return {"kept": report.get("counts", {}).get("kept"), "report": str(paths["data"])}
+
+    def teacher() -> dict[str, Any]:
+        resume_teacher = (paths["teacher"] / "checkpoints").is_dir()
+        result, _ = run_teacher(preset, paths["data"], paths["teacher"], resume_teacher, device)
+        return {"steps": result.step, "stopped": result.stopped, "best_bits": result.best_metric}
+
+    def student() -> dict[str, Any]:
+        resume_student = (paths["student"] / "checkpoints").is_dir()
+        result, _ = run_student(
+            preset, paths["data"], paths["teacher"], paths["student"], resume_student, device
+        )
+        return {"steps": result.step, "stopped": result.stopped, "best_metric": result.best_metric}
+
+    def evaluation() -> dict[str, Any]:
+        cpu = torch.device("cpu")
+        teacher_model = load_teacher(paths["teacher"], cpu)
+        student_model, _, _ = load_student(paths["student"], cpu)
+        curves = _histories(paths["teacher"], paths["student"])
+        report = evaluate(
+            preset, paths["data"], teacher_model, student_model, paths["eval"], curves
+        )
+        return {"eval": str(paths["eval"] / "eval.json"), "summary": _summary(report)}
+
+    def export() -> dict[str, Any]:
+        export_bundle(paths["student"], paths["bundle"], paths["data"], paths["eval"] / "eval.json")
+        return {"bundle": str(paths["bundle"])}
+
+    for name, action in [
+        ("fetch", fetch),
+        ("prepare", prepare),
+        ("teacher", teacher),
+        ("student", student),
+        ("evaluate", evaluation),
+        ("export", export),
+    ]:
+        step(name, action)
+    record["bundle"] = str(paths["bundle"])
+    record["eval"] = str(paths["eval"] / "eval.json")
+    atomic_write_json(record_path, record)
+    return record
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    resynthesis = report["resynthesis"]
+    return {
+        "teacher_bits": round(report["teacher"]["bits_per_sample"], 3),
+        "ar32_bits": round(report["teacher"]["ar32_baseline_bits_per_sample"], 3),
+        "kl_closed": round(report["student"]["kl_closed_nats_per_sample"], 4),
+        "kl_mc": round(report["student"]["kl_mc_nats_per_sample"], 4),
+        **{
+            f"{name}_{metric}": round(values[metric], 3)
+            for name, values in resynthesis.items()
+            for metric in ("lsd_db", "pesq")
+        },
+    }
