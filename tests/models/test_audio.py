@@ -38,6 +38,16 @@ def test_peak_limit_wins_over_the_loudness_target():
     assert loudness_lufs(out, RATE) < 0.0
 
 
+@pytest.mark.parametrize("overshoot", [1.001, 1.5, 100.0])
+def test_peak_never_exceeds_the_limit(overshoot):
+    # Aim the loudness target so that the unlimited gain would overshoot the limit by a factor.
+    tone, limit = _tone(1.0), 0.5
+    level = loudness_lufs(tone, RATE)
+    target = level + 20 * math.log10(overshoot * limit / float(tone.abs().max()))
+    out, _ = normalize_loudness(tone, RATE, target, peak_limit=limit)
+    assert float(out.abs().max()) <= limit * (1 + 1e-6)
+
+
 def test_quiet_target_is_not_touched_by_the_peak_limit():
     out, _ = normalize_loudness(_tone(1.0, amplitude=0.9), RATE, -40.0, peak_limit=0.5)
     assert float(out.abs().max()) < 0.5
