@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -59,5 +60,9 @@ def training_batches(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=dist.device.type == "cuda",
+        # its own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run (which creates it after restoring that RNG) diverges from an
+        # uninterrupted one wherever training draws random numbers (the student's noise)
+        generator=torch.Generator().manual_seed(0),
     )
     return iter(loader)
