@@ -43,19 +43,26 @@ need `Authorization: Bearer <key>` when the server has a key; probes and metrics
 """
 
 
-def _set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
+def _configure_torch(settings: Settings) -> tuple[int, bool]:
+    """Thread counts, and oneDNN off for exactness; returns what to restore."""
+    previous = torch.get_num_threads(), bool(torch.backends.mkldnn.enabled)
+    torch.set_num_threads(settings.threads())
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # only settable once per process, before any inter-op work
         pass
+    if settings.exact:
+        # oneDNN picks its convolution algorithm by tensor size (vs the native one), which
+        # changes a clip's samples with its batch or stream chunk; the native path does not.
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    return previous
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: ServiceState = app.state.service
     settings = service.settings
-    _set_threads(settings.threads())
+    threads, onednn = _configure_torch(settings)
     try:
         bundle = await asyncio.to_thread(load_bundle, settings.bundle, settings.device)
     except (ValueError, OSError) as exc:
@@ -78,6 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(service.engine.stop, settings.drain_timeout_s)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn  # type: ignore[assignment]
         mark_process_dead(os.getpid())
 
 

@@ -2,8 +2,9 @@
 unchanged by the others.
 
 Each request's ``Context`` is built alone (the upsampler's frame convolutions and linear
-prediction see only that request's mel), then padded to the longest request: frames along
-M and filter blocks along N by repeating the last one, noise with zeros. Every student flow
+prediction see only that request's mel), then padded to the longest request: frames
+``(1, C, M)`` along M and filter blocks ``(1, N, ...)`` along N by repeating the last one,
+noise with zeros. Every student flow
 is causal and per-sample, so sample ``t < T_i`` of request ``i`` reads only its own
 conditioning at frames ``<= t / hop + 1`` and its own noise ``<= t``: the padding never
 reaches it. The FIR flow's fast path is batch-invariant (``models.lpc.time_varying_fir``),
@@ -20,23 +21,26 @@ from models.conditioning import Context
 from models.lpc import LinearPrediction
 
 
-def _pad_repeat(values: Tensor, length: int) -> Tensor:
-    """Extend ``(1, L, ...)`` to ``(1, length, ...)`` along dim 1 by repeating the last entry."""
-    extra = length - values.shape[1]
+def _pad_repeat(values: Tensor, length: int, dim: int) -> Tensor:
+    """Extend ``values`` to ``length`` along ``dim`` by repeating its last entry there."""
+    extra = length - values.shape[dim]
     if extra <= 0:
         return values
-    last = values[:, -1:].expand(values.shape[0], extra, *values.shape[2:])
-    return torch.cat([values, last], dim=1)
+    last = values.narrow(dim, values.shape[dim] - 1, 1)
+    sizes = list(values.shape)
+    sizes[dim] = extra
+    return torch.cat([values, last.expand(*sizes)], dim=dim)
 
 
-def _stack(parts: list[Tensor | None], what: str) -> Tensor | None:
+def _stack(parts: list[Tensor | None], what: str, dim: int) -> Tensor | None:
+    """Single-request tensors padded along ``dim`` to the longest, stacked on the batch."""
     present = [p for p in parts if p is not None]
     if not present:
         return None
     if len(present) != len(parts):
         raise ValueError(f"some requests have {what} and some do not")
-    length = max(p.shape[1] for p in present)
-    return torch.cat([_pad_repeat(p, length) for p in present], dim=0)
+    length = max(p.shape[dim] for p in present)
+    return torch.cat([_pad_repeat(p, length, dim) for p in present], dim=0)
 
 
 def stack_contexts(contexts: list[Context]) -> Context:
@@ -46,20 +50,20 @@ def stack_contexts(contexts: list[Context]) -> Context:
     if any(c.batch != 1 for c in contexts):
         raise ValueError("stack_contexts takes single-request contexts")
     hop = contexts[0].hop
-    frames = _stack([c.frames for c in contexts], "conditioning frames")
+    frames = _stack([c.frames for c in contexts], "conditioning frames", dim=2)  # (B, C, M)
     lpc = None
     if any(c.lpc is not None for c in contexts):
         lpcs = [c.lpc for c in contexts]
         if any(p is None for p in lpcs):
             raise ValueError("some requests have linear prediction and some do not")
         impulses = [p.impulse for p in lpcs if p is not None]
-        coefficients = _stack([p.coefficients for p in lpcs if p is not None], "filters")
-        gain = _stack([p.gain for p in lpcs if p is not None], "gains")
+        coefficients = _stack([p.coefficients for p in lpcs if p is not None], "filters", 1)
+        gain = _stack([p.gain for p in lpcs if p is not None], "gains", 1)
         assert coefficients is not None and gain is not None
         lpc = LinearPrediction(
             coefficients=coefficients,
             gain=gain,
-            impulse=_stack(list(impulses), "impulse responses"),
+            impulse=_stack(list(impulses), "impulse responses", 1),
         )
     return Context(
         batch=len(contexts),

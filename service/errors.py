@@ -84,6 +84,14 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=error.status, headers=error.headers)
 
 
+_HTTP_CODES = {
+    400: "invalid_body",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
 def _http_type(status: int) -> str:
     if status == 401:
         return AUTH
@@ -105,14 +113,23 @@ def _param(location: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+def _count(request: Request, status: int) -> None:
+    """Refused bad input counts in ``distilwave_rejected_requests_total``."""
+    service = getattr(request.app.state, "service", None)
+    if service is not None and status in (400, 413, 422):
+        service.metrics.reject("too_large" if status == 413 else "invalid")
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    _count(request, exc.status)
     return error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
+    _count(request, 422)
     first = errors[0] if errors else {"msg": "invalid request", "loc": (), "type": "invalid"}
     if first.get("type") == "json_invalid":
         return error_response(
@@ -141,7 +158,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers or {})
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-    code = "invalid_body" if exc.status_code == 400 else None
+    if exc.status_code == 400:
+        _count(request, 400)
+    code = _HTTP_CODES.get(exc.status_code)
     return error_response(
         APIError(exc.status_code, detail, _http_type(exc.status_code), None, code, headers)
     )

@@ -47,10 +47,14 @@ router = APIRouter()
 PostProcess = Callable[[np.ndarray], np.ndarray]
 
 
-class _Resynthesis:
-    """Undo the input's loudness gain and trim the hop padding, whole or chunk by chunk."""
+class _Trim:
+    """Trim the padding to whole hops and undo an input gain, whole or chunk by chunk.
 
-    def __init__(self, gain: float, length: int) -> None:
+    The student is causal, so the first ``length`` samples of a longer clip are exactly the
+    samples a clip of ``length`` would have (given the same noise there).
+    """
+
+    def __init__(self, length: int, gain: float = 1.0) -> None:
         self.gain = gain
         self.remaining = length
 
@@ -183,7 +187,7 @@ async def resynthesize(
     )
     job = _job(service, options)
     job.waveform = padded
-    post = _Resynthesis(gain, decoded.waveform.shape[0])
+    post = _Trim(decoded.waveform.shape[0], gain)
     return await _respond(service, job, options, post)
 
 
@@ -229,8 +233,10 @@ async def generate(request: GenerateRequest, service: ServiceDep) -> Response:
             "duration_out_of_range",
         )
     job = _job(service, options)
-    job.num_samples = samples_for(request.duration_s, bundle.sample_rate)
-    return await _respond(service, job, options)
+    samples = samples_for(request.duration_s, bundle.sample_rate)
+    hop = bundle.hop_length
+    job.num_samples = -(-samples // hop) * hop  # whole hops: every batch and chunk alike
+    return await _respond(service, job, options, _Trim(samples))
 
 
 @router.get(

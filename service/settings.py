@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
     device: str = "cpu"
     torch_threads: int = Field(0, ge=0, le=256, description="intra-op threads; 0 = cores/workers")
+    exact: bool = Field(
+        True,
+        description="bit-identical audio batched or alone, streamed or whole (oneDNN "
+        "convolutions off: they change algorithm with tensor size; costs 0-20% on CPU)",
+    )
 
     # Security.
     api_key: SecretStr | None = Field(None, description="if set, /v1 needs 'Bearer <key>'")
