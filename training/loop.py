@@ -92,7 +92,6 @@ class Trainer:
         self.params = params
         self.optimizer = make_optimizer(params, optim)
         self.scheduler = make_scheduler(self.optimizer, loop.steps, optim)
-        self.ema = EMA(recipe.model, optim.ema_decay)
         self.step = 0
         self.elapsed_before = 0.0
         self.skipped_total = 0
@@ -104,6 +103,9 @@ class Trainer:
         if loop.compile:
             objective = torch.compile(objective)  # type: ignore[assignment]
         self.objective = objective
+        # after the DDP wrap, which broadcasts rank 0's initial weights: every replica's EMA
+        # starts from the same weights as its model
+        self.ema = EMA(recipe.model, optim.ema_decay)
 
     # -- state ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
