@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PRESET ?= cpu-8k
 
-.PHONY: setup test lint format demo bench clean help
+.PHONY: setup test lint format demo bench clean help docker-lint docker-smoke
 
 help:
 	@echo "make setup   create $(VENV) and install distilwave with its dev tools (idempotent)"
@@ -13,6 +13,8 @@ help:
 	@echo "make lint    ruff (lint + format check) and mypy"
 	@echo "make demo    run the whole pipeline on the default real corpus (preset $(PRESET))"
 	@echo "make bench   run the benchmarks and write benchmarks/results/*.json"
+	@echo "make docker-lint   hadolint + compose checks (seconds; also part of make test)"
+	@echo "make docker-smoke  build both images with build-image, smoke-run them (minutes)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/distilwave bench
+
+docker-lint: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_docker_files.py
+
+docker-smoke:
+	bash docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
