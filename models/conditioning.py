@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.config import SourceFilterConfig, UpsamplerConfig
+from models.config import PitchConfig, SourceFilterConfig, UpsamplerConfig
 from models.lpc import LinearPrediction, linear_prediction
 from models.mel import MelFrontEnd
+from models.pitch import estimate_pitch, periodic_source, pitch_lag, source_channels
 
 
 class Upsampler(nn.Module):
@@ -84,6 +85,8 @@ class Context:
         hop: samples between frame centres.
         frames: ``(B, C, M)`` upsampler features (M >= T / hop + 1) or None.
         lpc: per-block linear prediction (source-filter models) or None.
+        source: ``(B, S, T)`` periodic source channels from the mel's pitch, or None.
+        lag: ``(B, T)`` pitch period in samples (for pitch-lagged inputs), or None.
     """
 
     batch: int
@@ -91,6 +94,8 @@ class Context:
     hop: int
     frames: Tensor | None = None
     lpc: LinearPrediction | None = None
+    source: Tensor | None = None
+    lag: Tensor | None = None
 
 
 def interpolate_frames(frames: Tensor, t0: int, t1: int, hop: int) -> Tensor:
@@ -116,6 +121,7 @@ def make_context(
     front_end: MelFrontEnd,
     upsampler: Upsampler,
     source_filter: SourceFilterConfig | None,
+    pitch: PitchConfig | None,
     mel: Tensor | None,
     num_samples: int | None,
     speaker: Tensor | None,
@@ -162,4 +168,36 @@ def make_context(
             front_end.window,
             with_impulse=with_impulse,
         )
-    return Context(batch=batch, num_samples=steps, hop=hop, frames=features, lpc=lpc)
+    source, lag = None, None
+    if pitch is not None:
+        assert mel is not None
+        rate = front_end.config.sample_rate
+        track = estimate_pitch(mel, front_end.config, pitch, front_end.filterbank)
+        source = periodic_source(track, hop, steps, rate, pitch)
+        lag = pitch_lag(track, hop, steps, rate) if pitch.lag_input else None
+    return Context(
+        batch=batch,
+        num_samples=steps,
+        hop=hop,
+        frames=features,
+        lpc=lpc,
+        source=source,
+        lag=lag,
+    )
+
+
+def conditioning_channels(upsampler: Upsampler, pitch: PitchConfig | None) -> int:
+    """Per-sample conditioning channels: upsampler features plus pitch source channels."""
+    return upsampler.out_channels + (source_channels(pitch) if pitch is not None else 0)
+
+
+def sample_conditioning(context: Context, t0: int, t1: int) -> Tensor | None:
+    """Per-sample conditioning ``(B, C, t1 - t0)``: interpolated frames and the pitch source."""
+    parts = []
+    if context.frames is not None:
+        parts.append(interpolate_frames(context.frames, t0, t1, context.hop))
+    if context.source is not None:
+        parts.append(context.source[..., t0:t1])
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -123,6 +123,34 @@ class SourceFilterConfig(StrictModel):
     gain_floor: float = Field(1e-5, gt=0.0)
 
 
+class PitchConfig(StrictModel):
+    """Pitch from the mel (models/pitch.py) and what the flows get from it.
+
+    ``enabled`` adds per-sample periodic source channels to every conditioner's conditioning
+    and, with ``lag_input``, the conditioner's variable one pitch period back as an input.
+    """
+
+    enabled: bool = False
+    lag_input: bool = True
+    f0_min: float = Field(50.0, gt=0)
+    f0_max: float = Field(500.0, gt=0)
+    bins_per_octave: int = Field(48, ge=4, le=192)
+    harmonics: int = Field(8, ge=1, le=32)
+    decay: float = Field(0.85, gt=0, le=1)
+    max_harmonic_hz: float = Field(1500.0, gt=0)
+    lifter: int = Field(20, ge=2)
+    jump_octaves: float = Field(0.08, gt=0)
+    voicing_threshold: float = 0.7
+    voicing_width: float = Field(0.1, gt=0)
+    source_harmonics: int = Field(3, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.f0_min >= self.f0_max:
+            raise ValueError("pitch.f0_min must be below pitch.f0_max")
+        return self
+
+
 class TeacherConfig(StrictModel):
     """The Gaussian WaveNet teacher: a masked autoregressive flow over samples."""
 
@@ -131,6 +159,7 @@ class TeacherConfig(StrictModel):
     )
     upsampler: UpsamplerConfig = UpsamplerConfig()
     source_filter: SourceFilterConfig = SourceFilterConfig()
+    pitch: PitchConfig = PitchConfig()
     conditional: bool = True
     n_speakers: int = Field(0, ge=0)
     log_scale_floor: float = Field(-12.0, le=0.0)
@@ -139,6 +168,8 @@ class TeacherConfig(StrictModel):
     def _check(self) -> Self:
         if self.source_filter.enabled and not self.conditional:
             raise ValueError("the source-filter teacher needs conditioning (the mel)")
+        if self.pitch.enabled and not self.conditional:
+            raise ValueError("pitch comes from the mel: an unconditional teacher cannot use it")
         return self
 
 
@@ -149,6 +180,7 @@ class StudentConfig(StrictModel):
     wavenet: WaveNetConfig = WaveNetConfig()
     upsampler: UpsamplerConfig = UpsamplerConfig()
     source_filter: SourceFilterConfig = SourceFilterConfig()
+    pitch: PitchConfig = PitchConfig()
     conditional: bool = True
     n_speakers: int = Field(0, ge=0)
     log_scale_bound: float = Field(5.0, gt=0.0)
@@ -158,4 +190,6 @@ class StudentConfig(StrictModel):
     def _check(self) -> Self:
         if self.source_filter.enabled and not self.conditional:
             raise ValueError("the source-filter student needs conditioning (the mel)")
+        if self.pitch.enabled and not self.conditional:
+            raise ValueError("pitch comes from the mel: an unconditional student cannot use it")
         return self

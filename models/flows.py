@@ -22,9 +22,10 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import Context, interpolate_frames
+from models.conditioning import Context, sample_conditioning
 from models.config import WaveNetConfig
 from models.lpc import per_sample, time_varying_fir
+from models.pitch import history_length, lagged, lagged_value
 from models.transforms import delay, soft_bound
 from models.wavenet import WaveNet, WaveNetQueues, WaveNetStream
 
@@ -38,6 +39,7 @@ class Stream:
     t: int = 0
     last: Tensor | None = None  # (B,) previous sample of the variable
     history: Tensor | None = None  # (B, J) last J samples, for FIR conditioners
+    lag_history: Tensor | None = None  # (B, H) last H samples, for pitch-lagged inputs
     net: WaveNetStream = field(default_factory=WaveNetStream)
 
 
@@ -149,31 +151,49 @@ class AffineAutoregressive(nn.Module):
         )
 
 
-def sample_conditioning(context: Context, t0: int, t1: int) -> Tensor | None:
-    """The context's per-sample conditioning ``(B, C, t1 - t0)``, or None if unconditional."""
-    if context.frames is None:
-        return None
-    return interpolate_frames(context.frames, t0, t1, context.hop)
-
-
 class WaveNetConditioner(ARConditioner):
     """A student flow's conditioner: WaveNet over ``v_<t`` -> mean, soft-bounded log-scale.
 
-    The head starts at zero, so the flow starts as the identity.
+    Inputs are ``v_{t-1}`` and, with ``lag_input``, ``v_{t-P_t}`` one pitch period back
+    (``P_t >= 2`` from the context, so still strictly the past). The head starts at zero,
+    so the flow starts as the identity.
     """
 
-    def __init__(self, config: WaveNetConfig, cond_channels: int, log_scale_bound: float) -> None:
+    def __init__(
+        self,
+        config: WaveNetConfig,
+        cond_channels: int,
+        log_scale_bound: float,
+        lag_input: bool = False,
+    ) -> None:
         super().__init__()
-        self.net = WaveNet(config, in_channels=1, out_channels=2, cond_channels=cond_channels)
+        in_channels = 2 if lag_input else 1
+        self.net = WaveNet(config, in_channels, out_channels=2, cond_channels=cond_channels)
         self.log_scale_bound = log_scale_bound
+        self.lag_input = lag_input
+
+    def _inputs(self, v: Tensor, context: Context, stream: Stream | None, t0: int) -> Tensor:
+        previous = None if stream is None or stream.last is None else stream.last[:, None]
+        inputs = delay(v[:, None], previous)  # (B, 1, T): v_{t-1}
+        if not self.lag_input:
+            return inputs
+        if context.lag is None:
+            raise ValueError("this flow reads pitch-lagged inputs: the context has no pitch")
+        lag = context.lag[:, t0 : t0 + v.shape[1]]
+        history = None
+        if stream is not None:
+            if stream.lag_history is None:
+                stream.lag_history = v.new_zeros(v.shape[0], history_length(context.lag))
+            history = stream.lag_history
+            stream.lag_history = torch.cat([history, v], dim=1)[:, -history.shape[1] :]
+        return torch.cat([inputs, lagged(v, lag, t0, history)[:, None]], dim=1)  # (B, 2, T)
 
     def forward(
         self, v: Tensor, context: Context, stream: Stream | None = None
     ) -> tuple[Tensor, Tensor]:
         t0 = 0 if stream is None else stream.t
         steps = v.shape[1]
-        previous = None if stream is None or stream.last is None else stream.last[:, None]
-        inputs = delay(v[:, None], previous)  # (B, 1, T): v_{t-1}
+        inputs = self._inputs(v, context, stream, t0)
         cond = sample_conditioning(context, t0, t0 + steps)
         out = self.net(inputs, cond, None if stream is None else stream.net)
         if stream is not None:
@@ -193,15 +213,24 @@ class _QueuedFlow:
 
     def __init__(self, conditioner: WaveNetConditioner, context: Context, like: Tensor) -> None:
         self.conditioner = conditioner
+        self.context = context
         self.runner = QueuedWaveNet(conditioner.net, context, like)
-        self.previous = like.new_zeros(context.batch, 1)
+        self.values = like.new_zeros(context.batch, context.num_samples)
+        self.t = 0
 
     def next(self) -> tuple[Tensor, Tensor]:
-        mean, raw = self.runner(self.previous).unbind(-1)  # (B, 2) -> 2 x (B,)
+        t = self.t
+        previous = self.values[:, t - 1] if t > 0 else self.values.new_zeros(self.context.batch)
+        inputs = [previous]
+        if self.conditioner.lag_input:
+            assert self.context.lag is not None
+            inputs.append(lagged_value(self.values, t, self.context.lag[:, t]))
+        mean, raw = self.runner(torch.stack(inputs, dim=-1)).unbind(-1)  # (B, 2) -> 2 x (B,)
         return mean, soft_bound(raw, self.conditioner.log_scale_bound)
 
     def push(self, value: Tensor) -> None:
-        self.previous = value[:, None]
+        self.values[:, self.t] = value
+        self.t += 1
 
 
 class GainConditioner(ARConditioner):
@@ -270,10 +299,11 @@ class QueuedWaveNet:
         """``(B, in_channels)`` for the current sample -> ``(B, out_channels)``."""
         t = self.queues.t
         cond_t = None
-        if self.context.frames is not None:
+        if self.net.cond_projection is not None:
             if self.cond is None or t >= self.cond_start + self.cond.shape[-1]:
                 end = max(min(t + self.chunk, self.context.num_samples), t + 1)
-                features = interpolate_frames(self.context.frames, t, end, self.context.hop)
+                features = sample_conditioning(self.context, t, end)
+                assert features is not None
                 self.cond = self.net.project_cond(features).detach()  # (B, G L, chunk)
                 self.cond_start = t
             cond_t = self.cond[..., t - self.cond_start]

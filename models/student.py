@@ -21,7 +21,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import Context, Upsampler, make_context
+from models.conditioning import Context, Upsampler, conditioning_channels, make_context
 from models.config import MelConfig, StudentConfig
 from models.flows import (
     AffineAutoregressive,
@@ -66,11 +66,16 @@ class IAFStudent(nn.Module):
         self.front_end = MelFrontEnd(mel)
         n_mels = mel.n_mels if config.conditional else 0
         self.upsampler = Upsampler(config.upsampler, n_mels, config.n_speakers)
-        cond_channels = self.upsampler.out_channels
+        self.pitch = config.pitch if config.pitch.enabled else None
+        cond_channels = conditioning_channels(self.upsampler, self.pitch)
+        lag_input = self.pitch is not None and self.pitch.lag_input
         sf = config.source_filter.enabled
         steps: list[AffineAutoregressive] = [
             AffineAutoregressive(
-                WaveNetConditioner(config.wavenet, cond_channels, config.log_scale_bound), "iaf"
+                WaveNetConditioner(
+                    config.wavenet, cond_channels, config.log_scale_bound, lag_input
+                ),
+                "iaf",
             )
             for _ in range(config.flows)
         ]
@@ -102,7 +107,7 @@ class IAFStudent(nn.Module):
         """Conditioning for a batch: ``mel`` ``(B, n_mels, M)`` -> ``(M - 1) hop`` samples."""
         sf = self.config.source_filter if self.config.source_filter.enabled else None
         return make_context(
-            self.front_end, self.upsampler, sf, mel, num_samples, speaker, batch, True
+            self.front_end, self.upsampler, sf, self.pitch, mel, num_samples, speaker, batch, True
         )
 
     def draw_noise(

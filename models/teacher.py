@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import Context, Upsampler, make_context
+from models.conditioning import Context, Upsampler, conditioning_channels, make_context
 from models.config import MelConfig, TeacherConfig
 from models.flows import (
     AffineAutoregressive,
@@ -31,6 +31,7 @@ from models.flows import (
 )
 from models.lpc import per_sample, time_varying_fir
 from models.mel import MelFrontEnd, check_finite
+from models.pitch import lagged, lagged_value
 from models.transforms import delay, gaussian_log_prob, soft_floor
 from models.wavenet import WaveNet
 
@@ -40,8 +41,10 @@ class TeacherConditioner(ARConditioner):
 
     def __init__(self, config: TeacherConfig, cond_channels: int) -> None:
         super().__init__()
+        self.lag_input = config.pitch.enabled and config.pitch.lag_input
+        in_channels = 3 if self.lag_input else 2
         self.net = WaveNet(
-            config.wavenet, in_channels=2, out_channels=2, cond_channels=cond_channels
+            config.wavenet, in_channels=in_channels, out_channels=2, cond_channels=cond_channels
         )
         self.source_filter = config.source_filter if config.source_filter.enabled else None
         self.log_scale_floor = config.log_scale_floor
@@ -69,6 +72,11 @@ class TeacherConditioner(ARConditioner):
         else:
             excitation, base, gain, log_gain = x, torch.zeros_like(x), torch.ones_like(x), None
         features = delay(torch.stack([x, excitation], dim=1))  # (B, 2, T) of the past
+        if self.lag_input:
+            if context.lag is None:
+                raise ValueError("this teacher reads pitch-lagged inputs: the context has no pitch")
+            past_period = lagged(excitation, context.lag[:, :steps])[:, None]  # eps_{t - P_t}
+            features = torch.cat([features, past_period], dim=1)  # (B, 3, T)
         cond = sample_conditioning(context, 0, steps)
         mean_net, log_scale_net = self.net(features, cond).unbind(1)  # (B, 2, T) -> 2 x (B, T)
         raw = log_scale_net if log_gain is None else log_gain + log_scale_net
@@ -96,9 +104,15 @@ class _QueuedTeacher:
         self.y_history = like.new_zeros(batch, max(self.order, 1))  # y_{t-1} .. y_{t-p}
         self.prediction = like.new_zeros(batch)
         self.gain = like.new_ones(batch)
+        self.excitations = like.new_zeros(batch, context.num_samples)
 
     def next(self) -> tuple[Tensor, Tensor]:
-        mean_net, log_scale_net = self.runner(self.features).unbind(-1)
+        inputs = self.features
+        if self.conditioner.lag_input:
+            assert self.context.lag is not None
+            past = lagged_value(self.excitations, self.t, self.context.lag[:, self.t])
+            inputs = torch.cat([inputs, past[:, None]], dim=-1)
+        mean_net, log_scale_net = self.runner(inputs).unbind(-1)
         sf = self.conditioner.source_filter
         floor = self.conditioner.log_scale_floor
         if sf is None:
@@ -122,6 +136,7 @@ class _QueuedTeacher:
             excitation = (y - self.prediction) / self.gain
             self.y_history = torch.cat([y[:, None], self.y_history[:, :-1]], dim=1)
         self.features = torch.stack([value, excitation], dim=-1)
+        self.excitations[:, self.t] = excitation
         self.previous = value
         self.t += 1
 
@@ -141,7 +156,8 @@ class GaussianWaveNet(nn.Module):
         self.front_end = MelFrontEnd(mel)
         n_mels = mel.n_mels if config.conditional else 0
         self.upsampler = Upsampler(config.upsampler, n_mels, config.n_speakers)
-        conditioner = TeacherConditioner(config, self.upsampler.out_channels)
+        self.pitch = config.pitch if config.pitch.enabled else None
+        conditioner = TeacherConditioner(config, conditioning_channels(self.upsampler, self.pitch))
         self.flow = AffineAutoregressive(conditioner, "maf")
 
     @property
@@ -158,7 +174,7 @@ class GaussianWaveNet(nn.Module):
         """Conditioning for a batch: ``mel`` ``(B, n_mels, M)`` -> ``(M - 1) hop`` samples."""
         sf = self.config.source_filter if self.config.source_filter.enabled else None
         return make_context(
-            self.front_end, self.upsampler, sf, mel, num_samples, speaker, batch, False
+            self.front_end, self.upsampler, sf, self.pitch, mel, num_samples, speaker, batch, False
         )
 
     def _check_waveform(self, x: Tensor, context: Context) -> None:
