@@ -13,7 +13,8 @@ Measured on 20 held-out prompts of the default corpus against pYIN on the audio 
 
 The source for sample ``t`` is built from the per-sample F0 (linear between frame centres):
 phase ``phi_t = 2 pi sum_{s<=t} f0_s / sr`` and channels ``v sin(k phi), v cos(k phi)`` for
-``k = 1..harmonics`` plus ``v`` and the normalised log-F0, with ``v`` a soft voicing.
+``k = 1..source_harmonics``, a band-limited pulse train, ``v`` and the normalised log-F0,
+with ``v`` a soft voicing.
 Everything is a deterministic function of the mel, so feeding it to a flow's conditioner
 keeps the flow exact; the whole-clip phase is computed up front, so streaming is exact too.
 """
@@ -105,8 +106,22 @@ def voicing(salience: Tensor, config: PitchConfig) -> Tensor:
 
 
 def source_channels(config: PitchConfig) -> int:
-    """Channels of ``periodic_source``: 2 per harmonic, voicing and log-F0."""
-    return 2 * config.source_harmonics + 2
+    """Channels of ``periodic_source``: 2 per harmonic, the pulse train, voicing and log-F0."""
+    return 2 * config.source_harmonics + 3
+
+
+def band_limited_pulses(phase: Tensor, f0: Tensor, sample_rate: int) -> Tensor:
+    """Unit-power band-limited impulse train: ``sum_{k <= K_t} cos(k phi_t) / sqrt(K_t / 2)``.
+
+    ``K_t = floor(sr / 2 / f0_t)`` keeps every harmonic below Nyquist: the flat-spectrum
+    periodic excitation that voiced speech is after linear-prediction whitening.
+    """
+    count = torch.floor(sample_rate / 2 / f0).clamp_min(1)  # (B, T)
+    most = int(count.max().item())
+    total = torch.zeros_like(phase)
+    for k in range(1, most + 1):
+        total = total + torch.cos(k * phase) * (k <= count)
+    return total / torch.sqrt(count / 2)
 
 
 def periodic_source(
@@ -129,6 +144,7 @@ def periodic_source(
     channels = []
     for k in range(1, config.source_harmonics + 1):
         channels += [v * torch.sin(k * phase), v * torch.cos(k * phase)]
+    channels.append(v * band_limited_pulses(phase, per_sample_f0, sample_rate))
     centre = math.log(math.sqrt(config.f0_min * config.f0_max))
     channels += [v, (log_f0 - centre) / math.log(2.0)]
     return torch.stack(channels, dim=1).to(track.f0.dtype)

@@ -103,6 +103,8 @@ class Trainer:
         if loop.compile:
             objective = torch.compile(objective)  # type: ignore[assignment]
         self.objective = objective
+        # bf16 autocast on GPUs only (CPU bf16 is slow without AMX); losses stay fp32
+        self.amp = loop.amp and dist.device.type == "cuda"
         # after the DDP wrap, which broadcasts rank 0's initial weights: every replica's EMA
         # starts from the same weights as its model
         self.ema = EMA(recipe.model, optim.ema_decay)
@@ -183,7 +185,8 @@ class Trainer:
         try:
             while self.step < loop.steps:
                 batch = _to_device(next(data), self.dist.device)
-                out = self.objective(batch)
+                with torch.autocast(self.dist.device.type, torch.bfloat16, enabled=self.amp):
+                    out = self.objective(batch)
                 loss = out["loss"]
                 if not all_true(bool(torch.isfinite(loss)), self.dist):
                     # keep DDP's reducer in step, then drop the step entirely
