@@ -96,7 +96,10 @@ def generate_command(
     normalised like the training data; the output is scaled back to the input's level. A
     .npy mel is frames x bands (or bands x frames) of the bundle's own normalised log-mel.
     """
-    loaded = load_bundle(bundle)
+    try:
+        loaded = load_bundle(bundle)
+    except ValueError as exc:  # a malformed bundle is bad input, not a crash
+        raise UserError(str(exc)) from exc
     student, rate, hop = loaded.student, loaded.sample_rate, loaded.hop_length
     if sum(x is not None for x in (mel, audio, seconds)) != 1:
         raise UserError("give exactly one of --mel, --audio or --seconds")
