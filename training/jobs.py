@@ -56,37 +56,44 @@ def _run(
 ) -> LoopResult:
     optim = preset.teacher_training.optim if job == "teacher" else preset.distillation.optim
     snapshot = {"preset": preset.model_dump(mode="json"), "data": str(data_dir), **extra}
+    handler: logging.Handler | None = None
     if dist.is_main:
         write_snapshot(run_dir, preset, {"job": job, "data": str(data_dir), **extra})
-        attach_log_file(run_dir)
-    barrier(dist)
-    dataset = SegmentDataset(
-        data_dir,
-        "train",
-        segment_samples=segment_samples,
-        dequantize=preset.data.dequantize,
-        seed=loop.seed,
-    )
+        handler = attach_log_file(run_dir)
+    try:
+        barrier(dist)
+        dataset = SegmentDataset(
+            data_dir,
+            "train",
+            segment_samples=segment_samples,
+            dequantize=preset.data.dequantize,
+            seed=loop.seed,
+        )
 
-    def batches(start: int) -> object:
-        return training_batches(dataset, loop.batch_size, dist, loop.num_workers, start)
+        def batches(start: int) -> object:
+            return training_batches(dataset, loop.batch_size, dist, loop.num_workers, start)
 
-    trainer = Trainer(recipe, loop, optim, run_dir, dist, batches, snapshot)  # type: ignore[arg-type]
-    if resume and not trainer.resume():
-        log.warning("nothing to resume in %s: starting from scratch", run_dir)
-    if trainer.step >= loop.steps:
-        log.info("%s already finished (%d steps) in %s", job, trainer.step, run_dir)
-    result = trainer.fit()
-    log.info(
-        "%s done: step %d, %s, %.1f min, best validation %.4g; checkpoints in %s",
-        job,
-        result.step,
-        result.stopped,
-        result.elapsed_seconds / 60,
-        result.best_metric,
-        result.checkpoint_dir,
-    )
-    return result
+        trainer = Trainer(recipe, loop, optim, run_dir, dist, batches, snapshot)  # type: ignore[arg-type]
+        if resume and not trainer.resume():
+            log.warning("nothing to resume in %s: starting from scratch", run_dir)
+        if trainer.step >= loop.steps:
+            log.info("%s already finished (%d steps) in %s", job, trainer.step, run_dir)
+        result = trainer.fit()
+        log.info(
+            "%s done: step %d, %s, %.1f min, best validation %.4g; checkpoints in %s",
+            job,
+            result.step,
+            result.stopped,
+            result.elapsed_seconds / 60,
+            result.best_metric,
+            result.checkpoint_dir,
+        )
+        return result
+    finally:
+        # the run's log file gets this run's lines only (the pipeline runs several jobs)
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
 
 
 def run_teacher(
