@@ -17,6 +17,7 @@ from torch.nn.utils import parametrize
 from models.conditioning import Context
 from models.config import (
     MelConfig,
+    PitchConfig,
     SourceFilterConfig,
     StudentConfig,
     TeacherConfig,
@@ -41,6 +42,7 @@ class Variant:
     conditional: bool
     source_filter: bool
     speakers: bool
+    pitch: bool = False
 
     def __str__(self) -> str:
         return self.name
@@ -53,10 +55,13 @@ VARIANTS = [
     Variant("plain-uncond-spk", conditional=False, source_filter=False, speakers=True),
     Variant("sf", conditional=True, source_filter=True, speakers=False),
     Variant("sf-spk", conditional=True, source_filter=True, speakers=True),
+    Variant("pitch", conditional=True, source_filter=False, speakers=False, pitch=True),
+    Variant("sf-pitch-spk", conditional=True, source_filter=True, speakers=True, pitch=True),
 ]
 VARIANT_IDS = [v.name for v in VARIANTS]
 SOURCE_FILTER_VARIANTS = [v for v in VARIANTS if v.source_filter]
 PLAIN_VARIANTS = [v for v in VARIANTS if not v.source_filter]
+PITCH_VARIANTS = [v for v in VARIANTS if v.pitch]
 
 
 def wavenet_config(kernel_size: int = 2, weight_norm: bool = False) -> WaveNetConfig:
@@ -77,6 +82,21 @@ def source_filter_config(enabled: bool, preemphasis: float = 0.9) -> SourceFilte
     return SourceFilterConfig(enabled=enabled, order=4, fir_taps=24, preemphasis=preemphasis)
 
 
+def pitch_config(enabled: bool) -> PitchConfig:
+    """Pitch between 800 Hz and 2 kHz: periods of 4-10 samples, well inside a tiny clip, so the
+    pitch-lagged inputs really read the clip (a speech range would only read the zeros
+    before it)."""
+    return PitchConfig(
+        enabled=enabled,
+        f0_min=800.0,
+        f0_max=2000.0,
+        bins_per_octave=12,
+        harmonics=3,
+        max_harmonic_hz=3900.0,
+        source_harmonics=2,
+    )
+
+
 def teacher_config(
     variant: Variant, kernel_size: int = 2, weight_norm: bool = False, preemphasis: float = 0.9
 ) -> TeacherConfig:
@@ -84,6 +104,7 @@ def teacher_config(
         wavenet=wavenet_config(kernel_size, weight_norm),
         upsampler=TINY_UPSAMPLER,
         source_filter=source_filter_config(variant.source_filter, preemphasis),
+        pitch=pitch_config(variant.pitch),
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
     )
@@ -97,6 +118,7 @@ def student_config(
         wavenet=wavenet_config(kernel_size, weight_norm),
         upsampler=TINY_UPSAMPLER,
         source_filter=source_filter_config(variant.source_filter),
+        pitch=pitch_config(variant.pitch),
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
     )

