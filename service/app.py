@@ -146,6 +146,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (settings from the environment unless given). Nothing loads until the
     ASGI lifespan starts."""
     settings = settings or Settings()
+    if not logging.getLogger().handlers:  # a bare uvicorn worker: make our logs visible
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     registry = CollectorRegistry(auto_describe=True)
     metrics = ServiceMetrics(registry)
     service = ServiceState(settings=settings, registry=registry, metrics=metrics)

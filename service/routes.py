@@ -134,7 +134,7 @@ async def vocode(request: VocodeRequest, service: ServiceDep) -> Response:
         lengths = {len(frame) for frame in request.mel}
         if len(lengths) > 1:
             raise invalid("mel frames have different band counts", "mel", "mel_bands")
-        raw = np.asarray(request.mel, dtype=np.float32)
+        raw = np.asarray(request.mel, dtype=np.float64)  # range-checked before float32
         if raw.ndim == 1:
             raw = raw[None]
     limit = service.settings.mel_frame_limit(bundle.sample_rate, bundle.hop_length)

@@ -128,7 +128,9 @@ def speech() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def speech_variants(tmp_path_factory: pytest.TempPathFactory, speech: list[Path]) -> dict[str, Path]:
+def speech_variants(
+    tmp_path_factory: pytest.TempPathFactory, speech: list[Path]
+) -> dict[str, Path]:
     """The same real clip as 8 kHz WAV, 16 kHz stereo FLAC and 22.05 kHz OGG."""
     import librosa
 
