@@ -3,13 +3,17 @@
 Nothing here is learned, so it works on voices the models never heard. Per frame, the mel
 is mapped back to an approximate spectrum (normalised transpose), its envelope removed by
 cepstral liftering, and candidate fundamentals on a log grid are scored by subharmonic
-summation (Hermes, "Measurement of pitch by subharmonic summation", 1988) with the value
-half-way between harmonics subtracted (which penalises octave-low candidates). A Viterbi
-pass over frames with a cost on log-frequency jumps picks a smooth track. The score of the
-chosen candidate is the voicing salience.
+summation (Hermes, "Measurement of pitch by subharmonic summation", 1988): the harmonic
+evidence is summed with a decay (so multiples of F0, which collect fewer harmonics, lose)
+and the value half-way between harmonics is subtracted (so octave-low candidates lose). A
+Viterbi pass over frames with a cost on log-frequency jumps picks a smooth track; the mean
+evidence per harmonic at the chosen candidate is the voicing salience.
 
-Measured on 20 held-out prompts of the default corpus against pYIN on the audio itself:
-5% of pYIN-voiced frames off by more than 0.2 octave; voicing agreement about 89%.
+Measured against pYIN on the audio itself (frames pYIN calls voiced, error = more than 0.2
+octave off): 4.6% on 20 held-out prompts of the default corpus (female, 8 kHz, voicing
+agreement 89%); 1-6% on espeak-ng voices with median F0 72-154 Hz at 8 kHz. At 22.05 kHz
+with 80 mels the bands below 1 kHz are ~41 Hz apart, too coarse for the harmonic ripple of
+voices below ~90 Hz: those are tracked at a multiple (27-78% errors at 72-84 Hz).
 
 The source for sample ``t`` is built from the per-sample F0 (linear between frame centres):
 phase ``phi_t = 2 pi sum_{s<=t} f0_s / sr`` and channels ``v sin(k phi), v cos(k phi)`` for
@@ -87,16 +91,19 @@ def estimate_pitch(
     order = torch.arange(1, config.harmonics + 1, dtype=dtype, device=features.device)
     harmonics = candidates[:, None] * order[None, :]  # (C, K)
     weight = config.decay ** (order - 1) * (harmonics < config.max_harmonic_hz).to(dtype)
-    weight = weight / weight.sum(-1, keepdim=True).clamp_min(1e-12)
     bin_hz = mel.sample_rate / mel.n_fft
     on = _sample_spectrum(ripple, harmonics, bin_hz)
     between = _sample_spectrum(ripple, harmonics - candidates[:, None] / 2, bin_hz)
-    score = ((on - between) * weight).sum(-1)  # (B, M, C)
+    evidence = (on - between) * weight  # (B, M, C, K)
+    # summed (not averaged) over harmonics: a multiple of F0 collects fewer of them
+    score = evidence.sum(-1)  # (B, M, C)
     log_c = torch.log2(candidates)
     transition = -(log_c[:, None] - log_c[None, :]).abs() / config.jump_octaves
     path = _viterbi(score, transition)
     f0 = candidates[path]
-    salience = score.gather(2, path[..., None])[..., 0]
+    # salience: the mean evidence per harmonic at the chosen F0, comparable across F0
+    mean_evidence = score / weight.sum(-1).clamp_min(1e-12)
+    salience = mean_evidence.gather(2, path[..., None])[..., 0]
     return PitchTrack(f0=f0.to(features.dtype), salience=salience.to(features.dtype))
 
 
