@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -171,6 +172,28 @@ def test_cli_serve_with_two_workers_aggregates_metrics(bundles, speech, tmp_path
         )
         assert metric(text, "http_requests_total", handler="/v1/audio/vocode", status="2xx") == 6
         assert metric(text, "distilwave_model_ready") == 1
+
+
+def test_loadtest_reports_levels_and_raw_speed(uvicorn_server, bundles, tmp_path):
+    from service import loadtest
+
+    out = tmp_path / "load.json"
+    loadtest.main(
+        [
+            "--bundle", str(bundles["cond"]), "--url", uvicorn_server, "--concurrency", "1", "3",
+            "--requests", "6", "--max-seconds", "20", "--clip-s", "0.5", "--threads", "1",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["raw_batch1"]["times_real_time"] > 0
+    assert [level["concurrency"] for level in report["levels"]] == [1, 3]
+    for level in report["levels"]:
+        assert level["statuses"] == {"200": 6}
+        assert 0 < level["latency_p50_s"] <= level["latency_p95_s"] <= level["latency_p99_s"]
+        assert level["audio_seconds_per_second"] == pytest.approx(level["throughput_rps"] * 0.5)
+    with pytest.raises(SystemExit):
+        loadtest.main(["--bundle", str(bundles["cond"]), "--url", "http://192.0.2.1:8000"])
 
 
 async def test_sigterm_drains_in_flight_and_queued_requests(uvicorn_process, speech):
