@@ -71,12 +71,14 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
+@pytest.fixture(scope="package", autouse=True)
+def torch_settings() -> Iterator[None]:
+    """One intra-op thread for tiny models; whatever the apps changed is put back after."""
+    threads, onednn = torch.get_num_threads(), bool(torch.backends.mkldnn.enabled)
     torch.set_num_threads(1)
     yield
-    torch.set_num_threads(previous)
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = onednn
 
 
 @pytest.fixture
