@@ -170,7 +170,9 @@ class Trainer:
         loop = self.loop
         self._started = time.monotonic()
         writer = SummaryWriter(str(self.run_dir / "tensorboard")) if self.dist.is_main else None
-        data = self.batches(self.step)
+        # every batch drawn either made a step or was skipped: resume from the next one, so a
+        # run that skipped steps before its checkpoint resumes onto the batches it would see
+        data = self.batches(self.step + self.skipped_total)
         bad_in_row = 0
         last_metrics: dict[str, float] = {}
         stopped = "steps"
