@@ -187,7 +187,6 @@ def evaluate(
         },
         "resynthesis": {name: _mean(r) for name, r in rows.items()},
         "speed": speed,
-        "figures": sorted(str(p.relative_to(out_dir)) for p in (out_dir / "figures").glob("*.png")),
     }
     if histories:
         for name, points in histories.items():
@@ -196,6 +195,10 @@ def evaluate(
                 slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
                 save_figure(fig, str(out_dir / "figures" / f"curve_{slug}.png"))
         report["learning_curves"] = histories
+    # listed last, so the learning-curve figures written just above are in it too
+    report["figures"] = sorted(
+        str(p.relative_to(out_dir)) for p in (out_dir / "figures").glob("*.png")
+    )
     atomic_write_json(out_dir / "eval.json", report)
     log.info("evaluation written to %s", out_dir / "eval.json")
     return report
