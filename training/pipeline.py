@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import atomic_write_json, load_checkpoint
+from training.checkpoint import CheckpointManager, atomic_write_json
 from training.config import Preset
 from training.data.fetch import resolve_corpus
 from training.data.prepare import prepare_corpus
 from training.errors import UserError
 from training.evaluate import evaluate
-from training.export import export_bundle, load_student, resolve_checkpoint
+from training.export import export_bundle, load_student
 from training.jobs import run_student, run_teacher
 from training.teacher_job import load_teacher
 
@@ -37,12 +37,20 @@ def peak_memory_mb() -> float:
     return max(own, children) / 1024.0
 
 
+def _last_state(run_dir: Path) -> dict[str, Any]:
+    """The newest checkpoint of a run (not best.pt, whose history stops at the best step)."""
+    found = CheckpointManager(run_dir / "checkpoints", keep=1).latest()
+    if found is None:
+        raise UserError(f"{run_dir} holds no checkpoint")
+    return found[1]
+
+
 def _histories(teacher_dir: Path, student_dir: Path) -> dict[str, list[tuple[float, float]]]:
     """Validation curves stored in the runs' last checkpoints."""
     curves: dict[str, list[tuple[float, float]]] = {}
-    teacher = load_checkpoint(resolve_checkpoint(teacher_dir, "teacher"))
+    teacher = _last_state(teacher_dir)
     curves["teacher bits per sample (val)"] = [(p[0], p[1]) for p in teacher["recipe"]["history"]]
-    student = load_checkpoint(resolve_checkpoint(student_dir, "student"))
+    student = _last_state(student_dir)
     rows = student["recipe"].get("history", [])
     curves["student KL closed form (val, nats per sample)"] = [(r[0], r[1]) for r in rows]
     curves["student KL Monte Carlo (val, nats per sample)"] = [(r[0], r[2]) for r in rows]
