@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -110,11 +111,15 @@ def generate_command(
         try:
             samples, source_rate = sf.read(str(audio), dtype="float32", always_2d=True)
             samples = samples.mean(axis=1)
-        except RuntimeError:
+        except RuntimeError as soundfile_error:
             try:
-                samples, source_rate = librosa.load(str(audio), sr=None, mono=True)
+                # librosa warns that it falls back to audioread: noise around a one-line error
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    samples, source_rate = librosa.load(str(audio), sr=None, mono=True)
             except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
-                raise UserError(f"{audio}: cannot decode audio ({exc})") from exc
+                # audioread's own errors are often empty: libsndfile's message says more
+                raise UserError(f"{audio}: cannot decode audio ({soundfile_error})") from exc
         if source_rate != rate:
             samples = librosa.resample(samples, orig_sr=source_rate, target_sr=rate)
         if samples.size == 0 or not np.isfinite(samples).all():
