@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,44 +34,13 @@ from models.bundle import Bundle
 from models.conditioning import Context
 from service.batching import stack_contexts, stack_noise
 from service.errors import APIError, invalid, unavailable
+from service.jobs import END, Job, fail, push, resolve
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.05
-_END = object()
-
-
-@dataclass
-class Job:
-    """One generation request. Exactly one of ``mel``, ``waveform``, ``num_samples`` is set.
-
-    Attributes:
-        mel: ``(M, n_mels)`` normalised log-mel, frames x bands (conditional models).
-        waveform: ``(T,)`` audio at the bundle's rate, ``T`` a multiple of hop; its mel is
-            computed by the bundle's front end on the inference thread.
-        num_samples: samples to generate (unconditional models).
-        speaker: speaker id for multi-speaker bundles.
-        temperature: noise scale.
-        seed: seeds this request's own generator (so batching cannot change its noise).
-        stream: deliver chunks as they are generated.
-        deadline: ``time.monotonic()`` after which the job is dropped unstarted.
-    """
-
-    mel: np.ndarray | None = None
-    waveform: np.ndarray | None = None
-    num_samples: int | None = None
-    speaker: int | None = None
-    temperature: float = 1.0
-    seed: int = 0
-    stream: bool = False
-    deadline: float = math.inf
-    enqueued: float = 0.0
-    loop: asyncio.AbstractEventLoop | None = None
-    future: asyncio.Future[np.ndarray] | None = None
-    chunks: asyncio.Queue[Any] | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -163,7 +132,7 @@ class Engine:
         assert job.chunks is not None
         item = first
         try:
-            while item is not _END:
+            while item is not END:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -186,7 +155,7 @@ class Engine:
         stopped = unavailable("the server is shutting down", "shutting_down", 1)
         while True:  # nobody will run what is left: answer it rather than hang
             try:
-                self._fail(self._queue.get_nowait(), stopped)
+                fail(self._queue.get_nowait(), stopped)
             except queue.Empty:
                 break
 
@@ -248,7 +217,7 @@ class Engine:
                 continue
             if now > job.deadline:
                 self.metrics.reject("deadline")
-                self._fail(
+                fail(
                     job,
                     unavailable(
                         "the request waited past its deadline; retry shortly",
@@ -346,22 +315,22 @@ class Engine:
                 prepared.append(self._prepare(job))
                 good.append(job)
             except ValueError as exc:
-                self._fail(job, invalid(str(exc)))
+                fail(job, invalid(str(exc)))
         try:
             waveforms = self._generate(prepared) if prepared else []
         except Exception:
             logger.exception("generation failed for a batch of %d", len(good))
             for job in good:
-                self._fail(job, APIError(500, "generation failed", "server_error"))
+                fail(job, APIError(500, "generation failed", "server_error"))
             self._busy = False
             return
         elapsed = time.perf_counter() - started
         audio_s = sum(w.shape[0] for w in waveforms) / self.sample_rate
         for job, waveform in zip(good, waveforms, strict=True):
             if np.isfinite(waveform).all():
-                self._resolve(job, waveform)
+                resolve(job, waveform)
             else:
-                self._fail(
+                fail(
                     job,
                     invalid(
                         "the mel drove the model outside its range (non-finite audio)",
@@ -386,7 +355,7 @@ class Engine:
         try:
             context, noise = self._prepare(job)
         except ValueError as exc:
-            self._fail(job, invalid(str(exc)))
+            fail(job, invalid(str(exc)))
             return
         chunks = self.student.stream(context, noise, self.stream_chunk)
         elapsed = time.perf_counter() - started
@@ -402,46 +371,13 @@ class Engine:
             chunk = next(stream.chunks)
         except StopIteration:
             self._streams.remove(stream)
-            self._push(job, _END)
+            push(job, END)
             self._record(1, stream.compute_s, stream.samples / self.sample_rate)
             return
         except Exception:
             logger.exception("streaming generation failed")
             self._streams.remove(stream)
-            self._push(job, APIError(500, "generation failed", "server_error"))
+            push(job, APIError(500, "generation failed", "server_error"))
             return
         stream.compute_s += time.perf_counter() - started
-        self._push(job, chunk[0].cpu().numpy().copy())
-
-    # ---------------------------------------------------------------- hand-back
-
-    def _resolve(self, job: Job, waveform: np.ndarray) -> None:
-        if job.future is not None and job.loop is not None:
-            self._call(job.loop, _set_result, job.future, waveform)
-
-    def _fail(self, job: Job, error: BaseException) -> None:
-        if job.stream:
-            self._push(job, error)
-        elif job.future is not None and job.loop is not None:
-            self._call(job.loop, _set_exception, job.future, error)
-
-    def _push(self, job: Job, item: Any) -> None:
-        if job.chunks is not None and job.loop is not None:
-            self._call(job.loop, job.chunks.put_nowait, item)
-
-    @staticmethod
-    def _call(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop closed: nobody is waiting any more
-            pass
-
-
-def _set_result(future: asyncio.Future[np.ndarray], value: np.ndarray) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future[np.ndarray], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+        push(job, chunk[0].cpu().numpy().copy())

@@ -23,8 +23,8 @@ from service.audio import (
     samples_for,
     wav_header,
 )
-from service.engine import Job
 from service.errors import APIError, error_response, invalid, unavailable
+from service.jobs import Job
 from service.metrics import exposition
 from service.schemas import (
     AUDIO_RESPONSES,

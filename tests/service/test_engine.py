@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.bundle import load_bundle
 from service.batching import stack_contexts, stack_noise
-from service.engine import Engine, Job
+from service.engine import Engine
+from service.jobs import Job
 from tests.service.conftest import mel_of, running, settings_for
 
 pytestmark = pytest.mark.anyio
