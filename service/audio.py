@@ -32,8 +32,10 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def pcm16(waveform: np.ndarray) -> bytes:
-    """``(T,)`` float in [-1, 1] -> signed 16-bit little-endian bytes (rounded, clipped)."""
-    samples = to_int16(torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)))
+    """``(T,)`` float in [-1, 1] -> signed 16-bit little-endian bytes (rounded, clipped;
+    a non-finite sample, which a whole clip never returns, becomes silence or full scale)."""
+    finite = np.nan_to_num(np.asarray(waveform, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    samples = to_int16(torch.from_numpy(np.ascontiguousarray(finite)))
     return samples.numpy().astype("<i2").tobytes()
 
 
