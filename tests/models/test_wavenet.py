@@ -12,16 +12,16 @@ from models.wavenet import WaveNet, WaveNetStream, fold_weight_norm
 from tests.models.helpers import randomise
 
 CONFIGS = [
-    WaveNetConfig(layers=3, cycle=2, residual_channels=4, gate_channels=4, skip_channels=4),
+    WaveNetConfig(layers=3, cycle=2, residual_channels=4, gate_channels=4, skip_channels=8),
     WaveNetConfig(
-        layers=4, cycle=3, residual_channels=3, gate_channels=6, skip_channels=5, kernel_size=3
+        layers=4, cycle=3, residual_channels=3, gate_channels=6, skip_channels=7, kernel_size=3
     ),
     WaveNetConfig(
         layers=2,
         cycle=2,
         residual_channels=4,
         gate_channels=4,
-        skip_channels=4,
+        skip_channels=8,
         kernel_size=2,
         weight_norm=True,
     ),
@@ -61,8 +61,9 @@ def test_wavenet_output_ignores_future_inputs(config, conditional, position):
 
 @EVERY_CONFIG
 def test_wavenet_output_depends_on_the_current_input(config):
+    # Some clip of the batch must feel it (one clip alone may sit in a dead ReLU).
     net = _net(config, conditional=False)
-    x, _ = _inputs(False)
+    x, _ = _inputs(False, batch=8)
     perturbed = x.clone()
     perturbed[..., 7] += 1.0
     assert (net(x)[..., 7] != net(perturbed)[..., 7]).any()
@@ -73,7 +74,7 @@ def test_wavenet_receptive_field_is_exact(config):
     net = _net(config, conditional=False)
     field = config.receptive_field
     target = field + 2
-    x, _ = _inputs(False, steps=target + 1)
+    x, _ = _inputs(False, batch=8, steps=target + 1)  # some clip must feel the oldest sample
     outside, inside = x.clone(), x.clone()
     outside[..., target - field] += 1.0  # one sample beyond the field
     inside[..., target - field + 1] += 1.0  # the oldest sample inside it
