@@ -1,0 +1,112 @@
+"""One smoke pipeline run (real CLI, real training) shared by every offline-pipeline test.
+
+The session fixture runs ``distilwave pipeline --preset smoke`` once on the committed fixture
+corpus; tests reuse its prepared corpus, teacher and student runs, evaluation and bundle, and
+copy a run before changing it. Cheap CLI calls (errors, export, generate, short training
+jobs) go through ``training.cli.main`` in the test process: the same code a console script
+runs, without paying a fresh interpreter's torch import (seconds on 2 busy cores) each time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.training.pipeline.support import (
+    EVALUATION_SET,
+    FIXTURE_CORPUS,
+    STUDENT_SET,
+    TEACHER_SET,
+    run_cli,
+    sets,
+    tail,
+)
+from training.cli import main
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    root: Path
+    process: subprocess.CompletedProcess[str]
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """``distilwave pipeline --preset smoke`` on the fixture corpus, run once (not checked)."""
+    root = tmp_path_factory.mktemp("smoke") / "run"
+    process = run_cli(
+        "pipeline",
+        "--preset",
+        "smoke",
+        "--source",
+        FIXTURE_CORPUS,
+        "--run-dir",
+        root,
+        "--device",
+        "cpu",
+        *sets(TEACHER_SET + STUDENT_SET + EVALUATION_SET),
+    )
+    return SmokeRun(root, process)
+
+
+@pytest.fixture(scope="session")
+def smoke(smoke_pipeline: SmokeRun) -> SmokeRun:
+    """The finished smoke run; tests that build on it error out if the pipeline failed."""
+    if smoke_pipeline.process.returncode != 0:
+        pytest.fail(
+            f"the smoke pipeline failed (exit {smoke_pipeline.process.returncode}):\n"
+            + tail(smoke_pipeline.process.stderr)
+        )
+    return smoke_pipeline
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("distilwave:")]
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run ``distilwave ARGS`` in this process; returns exit code, stdout and stderr."""
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

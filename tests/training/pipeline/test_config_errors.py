@@ -1,0 +1,89 @@
+"""Bad presets and overrides: one line on stderr naming the problem, exit code 2, no work done."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.training.pipeline.support import DISTILWAVE, REPO
+from training.config import available_presets
+
+NO_PRESET = f"no preset 'nope' (available: {', '.join(available_presets())})"
+
+CASES = {
+    "unknown key": (["--set", "teacher_training.loop.stepz=3"], "teacher_training.loop.stepz"),
+    "unknown section": (["--set", "trainer.steps=3"], "trainer: Extra inputs are not permitted"),
+    "value out of range": (
+        ["--set", "teacher_training.loop.steps=0"],
+        "teacher_training.loop.steps: Input should be greater than 0",
+    ),
+    "value of the wrong kind": (["--set", "distillation.kl=exact"], "distillation.kl: Input"),
+    "val and test fractions": (
+        ["--set", "data.val_fraction=0.5", "--set", "data.test_fraction=0.5"],
+        "val_fraction + test_fraction must be below 1",
+    ),
+    "segment not a multiple of hop": (
+        ["--set", "data.segment_samples=1050"],
+        "data.segment_samples=1050 must be a multiple of hop_length 100",
+    ),
+    "job segment not a multiple of hop": (
+        ["--set", "distillation.loop.segment_samples=1234"],
+        "distillation.loop.segment_samples=1234 must be a multiple of hop_length 100",
+    ),
+    "student and teacher upsamplers differ": (
+        ["--set", "student.upsampler.channels=16"],
+        "student.upsampler must equal teacher.upsampler",
+    ),
+    "unknown preset": (["--preset", "nope"], NO_PRESET),
+    "override without =": (["--set", "teacher_training.loop.steps"], "is not KEY=VALUE"),
+    "override with an empty key": (["--set", "=3"], "override '=3' has an empty key"),
+    "override through a value": (
+        ["--set", "teacher_training.loop.steps.x=1"],
+        "override 'teacher_training.loop.steps.x=1': steps is not a section",
+    ),
+}
+
+
+@pytest.mark.parametrize("job", ["teacher", "student"])
+@pytest.mark.parametrize(("args", "expected"), CASES.values(), ids=CASES.keys())
+def test_bad_config_is_a_one_line_error_with_exit_2(job, args, expected, cli, tmp_path):
+    extra = ["--teacher", tmp_path] if job == "student" else []
+    result = cli("train", job, "--data", tmp_path, "--preset", "smoke", *extra, *args)
+    assert result.code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("distilwave: error: ")
+    assert expected in line
+    assert not any(tmp_path.iterdir()), "nothing may be written before the config is valid"
+
+
+def test_unknown_key_in_a_preset_file_is_a_one_line_error(cli, tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("teacher:\n  wavenet: {layerz: 3}\n")
+    result = cli("pipeline", "--preset", preset, "--source", tmp_path, "--run-dir", tmp_path / "r")
+    assert result.code == 2
+    assert result.stderr.strip().splitlines() == [
+        "distilwave: error: invalid preset: teacher.wavenet.layerz: Extra inputs are not permitted"
+    ]
+
+
+def test_invalid_yaml_preset_is_a_one_line_error(cli, tmp_path):
+    preset = tmp_path / "broken.yaml"
+    preset.write_text("teacher: {wavenet: [\n")
+    result = cli("pipeline", "--preset", preset, "--source", tmp_path, "--run-dir", tmp_path / "r")
+    assert result.code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"distilwave: error: {preset}: invalid YAML")
+
+
+def test_config_error_from_the_installed_console_script_is_one_line_exit_2(tmp_path):
+    process = subprocess.run(
+        [str(DISTILWAVE), "train", "teacher", "--data", str(tmp_path), "--preset", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines() == [f"distilwave: error: {NO_PRESET}"]
+    assert process.stdout == ""
