@@ -325,7 +325,8 @@ class Engine:
             self._busy = False
             return
         elapsed = time.perf_counter() - started
-        audio_s = sum(w.shape[0] for w in waveforms) / self.sample_rate
+        # Recorded before anyone is answered, so a client that reads /metrics next sees it.
+        self._record(len(good), elapsed, sum(w.shape[0] for w in waveforms) / self.sample_rate)
         for job, waveform in zip(good, waveforms, strict=True):
             if np.isfinite(waveform).all():
                 resolve(job, waveform)
@@ -338,7 +339,6 @@ class Engine:
                         "mel_range",
                     ),
                 )
-        self._record(len(good), elapsed, audio_s)
         self._busy = False
 
     def _record(self, requests: int, elapsed: float, audio_s: float) -> None:
@@ -371,8 +371,8 @@ class Engine:
             chunk = next(stream.chunks)
         except StopIteration:
             self._streams.remove(stream)
-            push(job, END)
             self._record(1, stream.compute_s, stream.samples / self.sample_rate)
+            push(job, END)
             return
         except Exception:
             logger.exception("streaming generation failed")
