@@ -136,7 +136,11 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank")
+        if by_rank is not None and len(by_rank) == self.dist.world_size:
+            set_rng_state(by_rank[self.dist.rank])
+        else:  # a single process, or another number of ranks: rank 0's stream
+            set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
         self.skipped_total = int(state.get("skipped_steps", 0))
@@ -162,8 +166,15 @@ class Trainer:
         return metrics
 
     def _checkpoint(self, metric: float | None) -> None:
+        extra: dict[str, Any] = {}
+        if self.dist.distributed:
+            # each rank draws its own noise (the student's samples): keep every rank's stream,
+            # or a resumed run gives rank 0's to all ranks and departs from an uninterrupted one
+            rng_by_rank: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rng_by_rank, rng_state())
+            extra["rng_by_rank"] = rng_by_rank
         if self.dist.is_main:
-            self.checkpoints.save(self.state(), self.step, metric)
+            self.checkpoints.save({**self.state(), **extra}, self.step, metric)
         barrier(self.dist)
 
     def fit(self) -> LoopResult:
