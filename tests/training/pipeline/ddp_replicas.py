@@ -50,6 +50,7 @@ def main(data: Path, run_dir: Path, out: Path, overrides: list[str]) -> None:
             "step": result.step,
             "model": recipe.model.state_dict(),
             "ema": trainer.ema.state_dict()["shadow"],
+            "torch_rng": torch.get_rng_state(),
         }
         torch.save(state, out / f"rank-{dist.rank}.pt")
     finally:

@@ -65,3 +65,12 @@ def test_torchrun_writes_one_checkpoint_holding_the_replicas_weights(ddp_run):
     rank0 = _rank(ddp_run, 0)
     assert all(torch.equal(state["model"][k], v) for k, v in rank0["model"].items())
     assert all(torch.equal(state["ema"]["shadow"][k], v) for k, v in rank0["ema"].items())
+
+
+def test_torchrun_checkpoint_keeps_each_ranks_rng_stream(ddp_run):
+    """Each rank draws its own noise; an exact resume needs every rank's RNG, not rank 0's."""
+    state = load_checkpoint(ddp_run / "run" / "checkpoints" / "step-00000002.pt")
+    saved = [rng["torch"] for rng in state["rng_by_rank"]]
+    live = [_rank(ddp_run, rank)["torch_rng"] for rank in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(saved, live, strict=True))
+    assert not torch.equal(saved[0], saved[1])
