@@ -36,6 +36,20 @@ def resolve_run_dir(preset: Preset, job: str, run_dir: Path | None, resume: bool
     return run_dir
 
 
+def check_device(device: str) -> None:
+    """A ``--device`` value this machine can honour (auto, cpu, or cuda when there is one)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available")
+
+
+def _join(device: str) -> DistInfo:
+    """This process's place in the (torchrun) job, with a bad ``--device`` as a user error."""
+    check_device(device)
+    return init_distributed(device)
+
+
 def _setup(loop: LoopConfig, dist: DistInfo) -> None:
     if loop.threads is not None:
         torch.set_num_threads(loop.threads)
@@ -100,7 +114,7 @@ def run_teacher(
     preset: Preset, data_dir: Path, run_dir: Path | None, resume: bool, device: str = "auto"
 ) -> tuple[LoopResult, Path]:
     """Train the teacher by maximum likelihood; returns the result and the run directory."""
-    dist = init_distributed(device)
+    dist = _join(device)
     try:
         loop = preset.teacher_training.loop
         _setup(loop, dist)
@@ -132,7 +146,7 @@ def run_student(
     device: str = "auto",
 ) -> tuple[LoopResult, Path]:
     """Distil the student from a trained teacher; returns the result and the run directory."""
-    dist = init_distributed(device)
+    dist = _join(device)
     try:
         loop = preset.distillation.loop
         _setup(loop, dist)

@@ -24,7 +24,7 @@ from training.data.prepare import prepare_corpus
 from training.errors import UserError
 from training.evaluate import evaluate
 from training.export import export_bundle, load_student
-from training.jobs import run_student, run_teacher
+from training.jobs import check_device, run_student, run_teacher
 from training.teacher_job import load_teacher
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def run_pipeline(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Run every step of ``preset`` into ``run_dir``; returns the pipeline record."""
+    check_device(device)  # before hours of fetching and preparing, not at the teacher
     record_path = run_dir / "pipeline.json"
     if record_path.is_file() and not resume:
         raise UserError(
