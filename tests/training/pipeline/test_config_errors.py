@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import torch
 
 from tests.training.pipeline.support import DISTILWAVE, REPO
 from training.config import available_presets
@@ -87,3 +88,26 @@ def test_config_error_from_the_installed_console_script_is_one_line_exit_2(tmp_p
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [f"distilwave: error: {NO_PRESET}"]
     assert process.stdout == ""
+
+
+DEVICE_CASES = {
+    "unknown device": ("gpu", "--device must be auto, cpu or cuda, not 'gpu'"),
+    "cuda without cuda": ("cuda", "--device cuda was asked for but CUDA is not available"),
+}
+
+
+@pytest.mark.parametrize("command", ["teacher", "student", "pipeline"])
+@pytest.mark.parametrize(("device", "expected"), DEVICE_CASES.values(), ids=DEVICE_CASES)
+def test_bad_device_is_a_one_line_error_before_any_work(command, device, expected, cli, tmp_path):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = tmp_path / "run"
+    if command == "pipeline":
+        args = ["pipeline", "--source", tmp_path, "--run-dir", run]
+    else:
+        args = ["train", command, "--data", tmp_path, "--run-dir", run]
+        args += ["--teacher", tmp_path] if command == "student" else []
+    result = cli(*args, "--preset", "smoke", "--device", device)
+    assert result.code == 2
+    assert result.stderr.strip().splitlines() == [f"distilwave: error: {expected}"]
+    assert not run.exists()
