@@ -104,6 +104,10 @@ class CheckpointManager:
         state = {**state, "format_version": FORMAT_VERSION, "step": step}
         path = self.directory / f"step-{step:08d}.pt"
         atomic_save(state, path)
+        # temp files of writers killed mid-write (ours is renamed by now): never loaded, but
+        # as large as a checkpoint each
+        for stale in self.directory.glob(".step-*.pt.tmp-*"):
+            stale.unlink(missing_ok=True)
         for _, old in self.steps()[: -self.keep]:
             old.unlink(missing_ok=True)
         if metric is not None and metric < self.best_metric():
