@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.training.pipeline.support import REPO
@@ -40,9 +42,17 @@ def _kill_during_a_write(directory: Path, attempts: int = 5) -> list[Path]:
     raise AssertionError(f"no kill landed inside a checkpoint write in {attempts} attempts")
 
 
-def test_sigkill_during_a_checkpoint_write_leaves_latest_loading_a_whole_checkpoint(tmp_path):
-    directory = tmp_path / "checkpoints"
-    torn = _kill_during_a_write(directory)
+@pytest.fixture(scope="module")
+def killed_writer(tmp_path_factory):
+    """A checkpoint directory whose writer was SIGKILLed mid-write, and the temp files left."""
+    directory = tmp_path_factory.mktemp("killed") / "checkpoints"
+    return directory, _kill_during_a_write(directory)
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_latest_loading_a_whole_checkpoint(
+    killed_writer,
+):
+    directory, torn = killed_writer
     found = CheckpointManager(directory, keep=2).latest()
     assert found is not None
     path, state = found
@@ -51,6 +61,17 @@ def test_sigkill_during_a_checkpoint_write_leaves_latest_loading_a_whole_checkpo
     assert all(p.name.startswith(f".step-{state['step'] + 1:08d}.pt.tmp-") for p in torn)
     for step_path in directory.glob("step-*.pt"):  # every visible checkpoint is whole
         load_checkpoint(step_path)
+
+
+def test_next_checkpoint_save_removes_the_temp_file_a_killed_writer_left(killed_writer, tmp_path):
+    directory = tmp_path / "checkpoints"
+    shutil.copytree(killed_writer[0], directory)
+    torn = [directory / p.name for p in killed_writer[1]]
+    assert all(p.exists() for p in torn)
+    manager = CheckpointManager(directory, keep=2)
+    manager.save({"payload": torch.zeros(10)}, 1000)
+    assert not any(p.exists() for p in torn)
+    assert manager.latest()[1]["step"] == 1000
 
 
 def test_latest_skips_a_truncated_checkpoint_for_the_one_before(tmp_path):
