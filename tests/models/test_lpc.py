@@ -21,7 +21,16 @@ from models.lpc import (
     time_varying_fir,
 )
 from models.mel import MelFrontEnd
-from tests.models.helpers import SOURCE_FILTER_VARIANTS, make_context, make_student, random_mel
+from models.student import IAFStudent
+from tests.models.helpers import (
+    HOP,
+    SOURCE_FILTER_VARIANTS,
+    TINY_MEL,
+    make_context,
+    make_student,
+    random_mel,
+    student_config,
+)
 
 FEW = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -108,6 +117,13 @@ def test_impulse_response_equals_the_all_pole_filter_run_on_an_impulse(order, ta
     torch.testing.assert_close(impulse_response(d, taps), reference[:, 1:], rtol=0, atol=1e-12)
 
 
+def _long_fir_student():
+    """A source-filter student with 64 FIR taps, enough that truncation is a small effect."""
+    config = student_config(SOURCE_FILTER_VARIANTS[0])
+    source_filter = config.source_filter.model_copy(update={"fir_taps": 64})
+    return IAFStudent(config.model_copy(update={"source_filter": source_filter}), TINY_MEL).double()
+
+
 def _constant_filter_context(student, frames):
     """A context whose every block has the same filter (one mel frame repeated)."""
     mel = random_mel(2, 2, seed=31)[..., :1].expand(-1, -1, frames).contiguous()
@@ -125,9 +141,9 @@ def _synthesis_denominator(context, preemphasis):
 
 def test_fir_synthesis_flow_equals_the_all_pole_filter_before_truncation_matters():
     # For t <= J every tap of 1/D(z) the recursion would use is in the FIR, so they are equal.
-    student = make_student(SOURCE_FILTER_VARIANTS[0])
+    student = _long_fir_student()
     taps = student.config.source_filter.fir_taps
-    context = _constant_filter_context(student, frames=taps // 8 + 1)  # T = J samples
+    context = _constant_filter_context(student, frames=taps // HOP + 1)  # T = J samples
     excitation = torch.randn(2, context.num_samples, dtype=torch.float64)
     synthesis = student.steps[-1]
     denominator = _synthesis_denominator(context, student.config.source_filter.preemphasis)
@@ -140,9 +156,9 @@ def test_fir_synthesis_flow_equals_the_all_pole_filter_before_truncation_matters
 
 
 def test_fir_synthesis_flow_equals_the_all_pole_filter_within_the_truncation_bound():
-    student = make_student(SOURCE_FILTER_VARIANTS[0])
+    student = _long_fir_student()
     taps = student.config.source_filter.fir_taps
-    context = _constant_filter_context(student, frames=13)  # T = 96 = 4 J
+    context = _constant_filter_context(student, frames=4 * taps // HOP + 1)  # T = 4 J
     excitation = torch.randn(2, context.num_samples, dtype=torch.float64)
     denominator = _synthesis_denominator(context, student.config.source_filter.preemphasis)
     difference = student.steps[-1](excitation, context).output - all_pole_reference(
@@ -156,9 +172,9 @@ def test_fir_synthesis_flow_equals_the_all_pole_filter_within_the_truncation_bou
 
 def test_truncation_bound_of_the_fir_synthesis_check_is_not_vacuous():
     # Guard for the test above: the bound must be small relative to the signal.
-    student = make_student(SOURCE_FILTER_VARIANTS[0])
-    context = _constant_filter_context(student, frames=13)
+    student = _long_fir_student()
     taps = student.config.source_filter.fir_taps
+    context = _constant_filter_context(student, frames=4 * taps // HOP + 1)
     denominator = _synthesis_denominator(context, student.config.source_filter.preemphasis)
     response = impulse_response(denominator, 4 * taps).abs()
     assert bool((response[:, taps:].sum(-1) < 0.1 * response[:, :taps].sum(-1)).all())
