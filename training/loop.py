@@ -165,6 +165,22 @@ class Trainer:
         barrier(self.dist)
         return metrics
 
+    def _skip(self, what: str, bad_in_row: int, writer: SummaryWriter | None) -> None:
+        """Drop this step's gradients and count it; stop after ``max_bad_steps`` in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_total += 1
+        log.warning("non-finite %s at step %d: step skipped", what, self.step)
+        if writer is not None:
+            writer.add_scalar("train/skipped_steps", self.skipped_total, self.step)
+        if bad_in_row >= self.loop.max_bad_steps:
+            saved = self.checkpoints.steps()
+            last = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint yet"
+            raise UserError(
+                f"{bad_in_row} non-finite losses or gradients in a row at step {self.step}: "
+                f"stopping; {last}",
+                exit_code=1,
+            )
+
     def _checkpoint(self, metric: float | None) -> None:
         extra: dict[str, Any] = {}
         if self.dist.distributed:
@@ -204,28 +220,15 @@ class Trainer:
                 if not all_true(bool(torch.isfinite(loss)), self.dist):
                     # keep DDP's reducer in step, then drop the step entirely
                     (torch.nan_to_num(loss) * 0.0).backward()
-                    self.optimizer.zero_grad(set_to_none=True)
                     bad_in_row += 1
-                    self.skipped_total += 1
-                    log.warning("non-finite loss at step %d: step skipped", self.step)
-                    if writer is not None:
-                        writer.add_scalar("train/skipped_steps", self.skipped_total, self.step)
-                    if bad_in_row >= loop.max_bad_steps:
-                        raise UserError(
-                            f"{bad_in_row} non-finite losses in a row at step {self.step}: "
-                            f"stopping; the last good checkpoint is in "
-                            f"{self.checkpoints.directory}",
-                            exit_code=1,
-                        )
+                    self._skip("loss", bad_in_row, writer)
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim_config.grad_clip)
                 if not all_true(bool(torch.isfinite(grad_norm)), self.dist):
-                    self.optimizer.zero_grad(set_to_none=True)
                     bad_in_row += 1
-                    self.skipped_total += 1
-                    log.warning("non-finite gradient at step %d: step skipped", self.step)
+                    self._skip("gradient", bad_in_row, writer)
                     continue
                 bad_in_row = 0
                 self.optimizer.step()
