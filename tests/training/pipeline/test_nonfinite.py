@@ -85,12 +85,19 @@ def test_resume_after_skipped_steps_is_exact(first_batch_corrupted, skipping_run
     assert resumed["skipped_steps"] == reference["skipped_steps"]
 
 
-def test_too_many_nonfinite_losses_in_a_row_stop_with_the_last_good_checkpoint_intact(
-    smoke, cli, tmp_path
-):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def all_corrupted(smoke, tmp_path_factory):
+    """A copy of the smoke corpus with every mel corrupted: every step's loss is NaN."""
+    data = tmp_path_factory.mktemp("all_corrupted") / "data"
     shutil.copytree(smoke.data, data)
     corrupt_mels(data, [row["id"] for row in PreparedCorpus(data).utterances()])
+    return data
+
+
+def test_too_many_nonfinite_losses_in_a_row_stop_with_the_last_good_checkpoint_intact(
+    smoke, all_corrupted, cli, tmp_path
+):
+    data = all_corrupted
     run_dir = copy_run(smoke.teacher, tmp_path / "teacher")
     good = step_file(run_dir, 6).read_bytes()
     result = _train_teacher(
@@ -105,10 +112,25 @@ def test_too_many_nonfinite_losses_in_a_row_stop_with_the_last_good_checkpoint_i
     )
     assert result.code == 1
     assert result.error_lines == [
-        f"distilwave: error: 3 non-finite losses in a row at step 6: stopping; the last good "
-        f"checkpoint is in {run_dir / 'checkpoints'}"
+        "distilwave: error: 3 non-finite losses or gradients in a row at step 6: stopping; the "
+        f"last good checkpoint is {step_file(run_dir, 6)}"
     ]
     assert step_files(run_dir) == ["step-00000003.pt", "step-00000006.pt"]
     assert step_file(run_dir, 6).read_bytes() == good
     log = (run_dir / "train.log").read_text()
     assert log.count(f"{WARNING} 6: step skipped") == 3
+
+
+def test_nonfinite_losses_from_the_first_step_stop_saying_there_is_no_checkpoint(
+    all_corrupted, cli, tmp_path
+):
+    run_dir = tmp_path / "teacher"
+    result = _train_teacher(
+        cli, all_corrupted, run_dir, "--set", "teacher_training.loop.max_bad_steps=2"
+    )
+    assert result.code == 1
+    assert result.error_lines == [
+        "distilwave: error: 2 non-finite losses or gradients in a row at step 0: stopping; "
+        "no checkpoint yet"
+    ]
+    assert step_files(run_dir) == []
