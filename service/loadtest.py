@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.audio import normalize_loudness
 from models.bundle import Bundle, load_bundle
@@ -87,10 +88,13 @@ def raw_speed(bundle: Bundle, seconds: float, threads: int, repeats: int = 20) -
     student = bundle.student
     try:
         with torch.inference_mode():
+            signal = _test_signal(bundle, seconds)
+            started = time.perf_counter()
             if student.config.conditional:
-                context = student.context(mel=student.front_end(_test_signal(bundle, seconds)))
+                context = student.context(mel=student.front_end(signal))
             else:
                 context = student.context(num_samples=int(seconds * bundle.sample_rate))
+            context_s = time.perf_counter() - started  # front end, upsampler, LPC (once)
             noise = student.draw_noise(context, 1.0, torch.Generator().manual_seed(0))
             for _ in range(2):
                 student.generate(context, noise=noise)
@@ -111,6 +115,7 @@ def raw_speed(bundle: Bundle, seconds: float, threads: int, repeats: int = 20) -
         "real_time_factor": median / audio_s,
         "times_real_time": audio_s / median,
         "times_real_time_best": audio_s / min(times),
+        "context_seconds": context_s,
         "threads": threads,
     }
 
@@ -152,9 +157,14 @@ async def run_level(
             statuses[key] = statuses.get(key, 0) + 1
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        before = await _server_totals(client)
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        after = await _server_totals(client)
+    server = {k: after[k] - before[k] for k in after}
+    batches = max(server["distilwave_batch_size_count"], 1.0)
+    waits = max(server["distilwave_queue_wait_seconds_count"], 1.0)
     ok = np.asarray(latencies) if latencies else np.zeros(1)
     return {
         "concurrency": concurrency,
@@ -166,7 +176,30 @@ async def run_level(
         "latency_p50_s": float(np.percentile(ok, 50)),
         "latency_p95_s": float(np.percentile(ok, 95)),
         "latency_p99_s": float(np.percentile(ok, 99)),
+        "server_mean_batch_size": server["distilwave_batch_size_sum"] / batches,
+        "server_mean_inference_s": server["distilwave_inference_seconds_sum"] / batches,
+        "server_mean_queue_wait_s": server["distilwave_queue_wait_seconds_sum"] / waits,
     }
+
+
+SERVER_TOTALS = (
+    "distilwave_batch_size_sum",
+    "distilwave_batch_size_count",
+    "distilwave_inference_seconds_sum",
+    "distilwave_queue_wait_seconds_sum",
+    "distilwave_queue_wait_seconds_count",
+)
+
+
+async def _server_totals(client: httpx.AsyncClient) -> dict[str, float]:
+    """The server's cumulative batch and queue figures, from /metrics."""
+    totals = dict.fromkeys(SERVER_TOTALS, 0.0)
+    text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals
 
 
 def _free_port() -> int:
@@ -219,7 +252,8 @@ async def measure(
             url, route, body, concurrency, args.requests, args.max_seconds, sample_rate, key
         )
         logger.info(
-            "c=%-3d %6.2f req/s  %6.1f audio-s/s  p50 %.3f  p95 %.3f  p99 %.3f s  %s",
+            "c=%-3d %6.2f req/s  %6.1f audio-s/s  p50 %.3f  p95 %.3f  p99 %.3f s  %s  "
+            "(server: batch %.1f, %.3f s per batch, queue wait %.3f s)",
             concurrency,
             level["throughput_rps"],
             level["audio_seconds_per_second"],
@@ -227,6 +261,9 @@ async def measure(
             level["latency_p95_s"],
             level["latency_p99_s"],
             level["statuses"],
+            level["server_mean_batch_size"],
+            level["server_mean_inference_s"],
+            level["server_mean_queue_wait_s"],
         )
         levels.append(level)
     return levels
