@@ -33,7 +33,6 @@ def exported(smoke, tmp_path_factory):
 def test_export_writes_a_bundle_that_loads(exported):
     bundle = load_bundle(exported)
     assert (bundle.sample_rate, bundle.hop_length) == (8000, 100)
-    assert bundle.speakers == [] or bundle.speakers == ["asterisk"]
     assert (exported / "README.md").read_text().startswith("# distilwave-smoke")
 
 
