@@ -72,7 +72,6 @@ def _run(
     snapshot = {"preset": preset.model_dump(mode="json"), "data": str(data_dir), **extra}
     handler: logging.Handler | None = None
     if dist.is_main:
-        write_snapshot(run_dir, preset, {"job": job, "data": str(data_dir), **extra})
         handler = attach_log_file(run_dir)
     try:
         barrier(dist)
@@ -90,6 +89,8 @@ def _run(
         trainer = Trainer(recipe, loop, optim, run_dir, dist, batches, snapshot)  # type: ignore[arg-type]
         if resume and not trainer.resume():
             log.warning("nothing to resume in %s: starting from scratch", run_dir)
+        if dist.is_main:  # after a resume that fits: a refused one leaves the snapshot alone
+            write_snapshot(run_dir, preset, {"job": job, "data": str(data_dir), **extra})
         if trainer.step >= loop.steps:
             log.info("%s already finished (%d steps) in %s", job, trainer.step, run_dir)
         result = trainer.fit()

@@ -132,9 +132,16 @@ class Trainer:
         path, state = found
         if state.get("kind") != self.recipe.kind:
             raise UserError(f"{path} is a {state.get('kind')} checkpoint, not {self.recipe.kind}")
-        self.recipe.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.recipe.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first = " ".join(line.strip() for line in str(exc).splitlines()[:2])
+            raise UserError(
+                f"{path} does not fit this {self.recipe.kind} (was the model configuration "
+                f"changed since it was written?): {first}"
+            ) from exc
         self.scheduler.load_state_dict(state["scheduler"])
         by_rank = state.get("rng_by_rank")
         if by_rank is not None and len(by_rank) == self.dist.world_size:
