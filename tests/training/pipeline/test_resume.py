@@ -108,3 +108,21 @@ def test_run_dir_with_checkpoints_without_resume_is_a_one_line_error(smoke, cli,
         "--run-dir"
     ]
     assert step_files(run_dir) == ["step-00000003.pt"]
+
+
+def test_resume_into_a_different_model_is_a_one_line_error_leaving_the_run_as_it_was(
+    smoke, cli, tmp_path
+):
+    run_dir = copy_run(smoke.teacher, tmp_path / "teacher")
+    snapshot = (run_dir / "config.yaml").read_bytes()
+    result = cli(
+        *_teacher_args(smoke, run_dir, "--resume", "--set", "teacher.wavenet.residual_channels=16")
+    )
+    assert result.code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"distilwave: error: {step_file(run_dir, 6)} does not fit this teacher (was the model "
+        "configuration changed since it was written?): Error(s) in loading state_dict"
+    )
+    assert (run_dir / "config.yaml").read_bytes() == snapshot
+    assert step_files(run_dir) == ["step-00000003.pt", "step-00000006.pt"]
