@@ -4,7 +4,8 @@ and real speech clips.
 The bundles hold a small random student (fresh heads are zero-initialised, which would make
 every flow the identity), saved and loaded through the real bundle format. Three kinds:
 conditional source-filter (the default product), conditional with three named speakers,
-and unconditional (plain, no source filter).
+conditional with pitch (source channels and pitch-lagged inputs), and unconditional (plain,
+no source filter).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from models.bundle import save_bundle
-from models.config import MelConfig, SourceFilterConfig, StudentConfig, WaveNetConfig
+from models.config import (
+    MelConfig,
+    PitchConfig,
+    SourceFilterConfig,
+    StudentConfig,
+    WaveNetConfig,
+)
 from models.student import IAFStudent
 from service.app import create_app
 from service.settings import Settings
@@ -62,6 +69,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "cond": save_bundle(root / "cond", tiny_student(0), card=CARD, default_temperature=0.8),
         "multi": save_bundle(
             root / "multi", tiny_student(1, n_speakers=3), speakers=SPEAKERS, card=CARD
+        ),
+        "pitch": save_bundle(
+            root / "pitch", tiny_student(3, pitch=PitchConfig(enabled=True)), card=CARD
         ),
         "uncond": save_bundle(
             root / "uncond",

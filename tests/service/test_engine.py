@@ -53,7 +53,7 @@ def requests_for(kind: str, speech: list[Path]) -> list[tuple[str, dict[str, Any
     return out
 
 
-@pytest.mark.parametrize("kind", ["cond", "multi", "uncond"])
+@pytest.mark.parametrize("kind", ["cond", "multi", "pitch", "uncond"])
 async def test_batched_requests_equal_each_request_alone(bundles, speech, kind):
     requests = requests_for(kind, speech)
     alone = settings_for(bundles[kind], max_batch=1, max_delay_ms=0)
@@ -103,9 +103,10 @@ def test_stacked_contexts_pad_by_repeating_the_last_block(bundles, speech):
     assert noise[0, 400:].abs().sum() == 0 and noise[1].abs().min() == 1
 
 
-async def test_stream_concatenation_equals_the_whole_clip(bundles, speech):
+@pytest.mark.parametrize("kind", ["cond", "pitch"])
+async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind):
     mel = mel_of(speech[2], None)
-    async with running(settings_for(bundles["cond"], stream_chunk_s=0.05)) as (client, _):
+    async with running(settings_for(bundles[kind], stream_chunk_s=0.05)) as (client, _):
         for fmt in ("pcm", "wav"):
             body = {"mel": mel, "seed": 9, "response_format": fmt}
             whole = await client.post("/v1/audio/vocode", json=body)
