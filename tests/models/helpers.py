@@ -7,6 +7,7 @@ random weights so that means and scales really depend on the past.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -177,6 +178,11 @@ def make_student(
 
 def random_mel(batch: int, frames: int, seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """Normalised log-mel features of coloured noise, as the real front end computes them."""
+    return _random_mel(batch, frames, seed).to(dtype, copy=True)
+
+
+@functools.cache
+def _random_mel(batch: int, frames: int, seed: int) -> Tensor:
     from models.mel import MelFrontEnd
 
     generator = torch.Generator().manual_seed(seed)
@@ -190,7 +196,7 @@ def random_mel(batch: int, frames: int, seed: int, dtype: torch.dtype = torch.fl
         signal[:, t] = white[:, t] - a1 * signal[:, t - 1] - a2 * signal[:, t - 2]
     signal = 0.05 * signal[:, 64:]
     front_end = MelFrontEnd(TINY_MEL).to(torch.float64)
-    return front_end(signal)[..., :frames].to(dtype)
+    return front_end(signal)[..., :frames]
 
 
 def speaker_ids(batch: int) -> Tensor:
