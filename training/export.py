@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from models.bundle import VERSION, save_bundle
+from models.bundle import FORMAT, VERSION, save_bundle
 from models.student import IAFStudent
 from training.checkpoint import CheckpointManager, load_checkpoint
 from training.config import Preset, preset_from_dict
@@ -92,10 +92,32 @@ def _readme(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _is_bundle(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def check_target(out: Path) -> None:
+    """Refuse an ``--out`` that holds anything but an earlier bundle: it is replaced whole."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    if any(out.iterdir()) and not _is_bundle(out):
+        raise UserError(
+            f"{out} is not empty and not a distilwave bundle: refusing to replace it; "
+            "choose another --out"
+        )
+
+
 def export_bundle(
     student_path: Path, out: Path, data_dir: Path | None = None, eval_json: Path | None = None
 ) -> Path:
     """Write the bundle for a trained student to ``out`` (atomically)."""
+    check_target(out)
     student, preset, meta = load_student(student_path, torch.device("cpu"))
     metrics: dict[str, Any] = {}
     if eval_json is not None:
