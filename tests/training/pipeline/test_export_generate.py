@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -188,3 +189,25 @@ def test_generate_undecodable_audio_error_comes_without_decoder_warnings(smoke, 
     assert result.code == 2
     shown = [w for w in caught if not issubclass(w.category, DeprecationWarning)]
     assert [str(w.message) for w in shown] == []
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(smoke, cli, tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    result = cli("export", "--student", smoke.student, "--out", tmp_path)
+    assert result.code == 2
+    assert result.error_lines == [
+        f"distilwave: error: {tmp_path} is not empty and not a distilwave bundle: refusing to "
+        "replace it; choose another --out"
+    ]
+    assert keep.read_text() == "mine"
+
+
+def test_export_replaces_an_earlier_bundle(smoke, cli, tmp_path):
+    out = tmp_path / "bundle"
+    shutil.copytree(smoke.bundle, out)
+    (out / "README.md").write_text("stale")
+    result = cli("export", "--student", smoke.student, "--out", out)
+    assert result.code == 0, result.stderr
+    assert (out / "README.md").read_text().startswith("# distilwave-smoke")
+    load_bundle(out)
