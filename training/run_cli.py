@@ -97,6 +97,8 @@ def generate_command(
     normalised like the training data; the output is scaled back to the input's level. A
     .npy mel is frames x bands (or bands x frames) of the bundle's own normalised log-mel.
     """
+    if out.is_dir() or out.suffix.lower() != ".wav":
+        raise UserError(f"--out {out}: give a .wav file to write")
     try:
         loaded = load_bundle(bundle)
     except ValueError as exc:  # a malformed bundle is bad input, not a crash
