@@ -154,6 +154,8 @@ GENERATE_ERRORS = {
     "empty audio": (["--audio", "{tmp}/empty.wav"], "empty or non-finite audio"),
     "missing mel file": (["--mel", "{tmp}/absent.npy"], "does not exist"),
     "negative temperature": (["--audio", CLIP, "--temperature", "-1"], "--temperature"),
+    "output not a wav file": (["--audio", CLIP, "--out", "{tmp}/out.xyz"], "give a .wav file"),
+    "output a folder": (["--audio", CLIP, "--out", "{tmp}"], "give a .wav file"),
 }
 
 
@@ -162,7 +164,7 @@ def test_generate_bad_input_is_a_one_line_error(smoke, cli, tmp_path, args, expe
     _bad_inputs(tmp_path)
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out.wav"
-    result = cli("generate", "--bundle", smoke.bundle, "--out", out, *args)
+    result = cli("generate", "--bundle", smoke.bundle, "--out", out, *args)  # a later --out wins
     assert result.code == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("distilwave: error: ")
