@@ -5,7 +5,11 @@ refuses at once (the caller answers 503). The inference thread takes the first w
 waits up to ``max_delay_ms`` after its arrival for more (up to ``max_batch`` requests and
 ``max_batch_samples`` padded samples), drops jobs whose deadline passed or whose client left,
 builds each request's context alone, and generates the batch in one pass
-(``service.batching``: exact). Results go back to the loop through asyncio futures.
+(``service.batching``). Results go back to the loop through asyncio futures.
+
+Generation runs ``models.inference.InferenceStudent`` (the fast CPU path; a request's audio
+batched or alone, streamed or whole, agrees within float rounding, at most one 16-bit step),
+or with ``exact`` the module itself with oneDNN off (bit-identical in all those cases).
 
 Streaming jobs share the queue (so overload and deadlines apply alike) but are not batched:
 each is generated chunk by chunk with carried state (``IAFStudent.stream``), one chunk per
@@ -32,6 +36,8 @@ from torch import Tensor
 from models.audio import normalize_loudness
 from models.bundle import Bundle
 from models.conditioning import Context
+from models.inference import InferenceStudent
+from models.student import IAFStudent
 from service.batching import stack_contexts, stack_noise
 from service.errors import APIError, invalid, unavailable
 from service.jobs import END, Job, fail, push, resolve
@@ -70,6 +76,11 @@ class Engine:
         chunk_hops = max(1, math.ceil(settings.stream_chunk_s * self.sample_rate / self.hop))
         self.stream_chunk = chunk_hops * self.hop
         self.device = next(self.student.parameters()).device
+        # generate/stream: the fast CPU path, or the module itself when bit-exactness across
+        # batches and chunks matters more than speed (settings.exact).
+        self.runner: IAFStudent | InferenceStudent = (
+            self.student if settings.exact else InferenceStudent(self.student)
+        )
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.queue_size)
         self._carry: Job | None = None
         self._streams: list[_Stream] = []
@@ -300,7 +311,7 @@ class Engine:
     def _generate(self, prepared: list[tuple[Context, Tensor]]) -> list[np.ndarray]:
         """One padded batch through the student, split back per request."""
         contexts = [context for context, _ in prepared]
-        output = self.student.generate(
+        output = self.runner.generate(
             stack_contexts(contexts), noise=stack_noise([noise for _, noise in prepared])
         )
         return [output[i, : c.num_samples].cpu().numpy().copy() for i, c in enumerate(contexts)]
@@ -357,7 +368,7 @@ class Engine:
         except ValueError as exc:
             fail(job, invalid(str(exc)))
             return
-        chunks = self.student.stream(context, noise, self.stream_chunk)
+        chunks = self.runner.stream(context, noise, self.stream_chunk)
         elapsed = time.perf_counter() - started
         self._streams.append(_Stream(job, chunks, context.num_samples, elapsed))
 

@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.audio import normalize_loudness
 from models.bundle import Bundle, load_bundle
+from models.inference import InferenceStudent
 
 logger = logging.getLogger("distilwave.loadtest")
 
@@ -79,13 +80,17 @@ def request_for(bundle: Bundle, seconds: float) -> tuple[str, bytes]:
     return route, json.dumps(body).encode()
 
 
-def raw_speed(bundle: Bundle, seconds: float, threads: int, repeats: int = 20) -> dict[str, float]:
-    """The student alone, batch 1, same threads and exactness as the server: the median of N
-    timed generations (and the best), after two untimed ones."""
+def raw_speed(
+    bundle: Bundle, seconds: float, threads: int, exact: bool, repeats: int = 20
+) -> dict[str, float]:
+    """The model alone, batch 1, on the server's path (fast, or exact with oneDNN off) and
+    threads: the median of N timed generations (and the best), after two untimed ones."""
     previous = torch.get_num_threads(), bool(torch.backends.mkldnn.enabled)
     torch.set_num_threads(threads)
-    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # as the service does
+    if exact:
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # as the service
     student = bundle.student
+    runner = student if exact else InferenceStudent(student)
     try:
         with torch.inference_mode():
             signal = _test_signal(bundle, seconds)
@@ -97,11 +102,11 @@ def raw_speed(bundle: Bundle, seconds: float, threads: int, repeats: int = 20) -
             context_s = time.perf_counter() - started  # front end, upsampler, LPC (once)
             noise = student.draw_noise(context, 1.0, torch.Generator().manual_seed(0))
             for _ in range(2):
-                student.generate(context, noise=noise)
+                runner.generate(context, noise=noise)
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                student.generate(context, noise=noise)
+                runner.generate(context, noise=noise)
                 times.append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(previous[0])
@@ -279,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-s", type=float, default=1.0, help="audio per request")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--exact", action="store_true", help="serve (and time) the exact path")
     parser.add_argument("--api-key", default=os.environ.get("DISTILWAVE_API_KEY"))
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("concurrency and requests must be positive, max-seconds in (0, 600]")
     bundle = load_bundle(args.bundle)
     route, body = request_for(bundle, args.clip_s)
-    raw = raw_speed(bundle, args.clip_s, args.threads)
+    raw = raw_speed(bundle, args.clip_s, args.threads, args.exact)
     logger.info(
         "raw batch-1 generation: %.2f s audio in %.4f s median, %.4f s best "
         "(%.1fx real time, best %.1fx; %d threads)",
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         raw["times_real_time_best"],
         args.threads,
     )
-    env = {"DISTILWAVE_MAX_BATCH": str(args.max_batch)}
+    env = {"DISTILWAVE_MAX_BATCH": str(args.max_batch), "DISTILWAVE_EXACT": str(args.exact)}
     with contextlib.ExitStack() as stack:
         url = args.url or stack.enter_context(own_server(args.bundle, args.threads, env))
         levels = asyncio.run(measure(url, route, body, bundle.sample_rate, args))
@@ -310,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         "route": route,
         "clip_seconds": args.clip_s,
         "threads": args.threads,
+        "exact": args.exact,
         "max_batch": args.max_batch if not args.url else None,
         "cpu_count": os.cpu_count(),
         "raw_batch1": raw,

@@ -19,7 +19,7 @@ from models.bundle import load_bundle
 from service.batching import stack_contexts, stack_noise
 from service.engine import Engine
 from service.jobs import Job
-from tests.service.conftest import mel_of, running, settings_for
+from tests.service.conftest import assert_same_audio, mel_of, running, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -53,14 +53,17 @@ def requests_for(kind: str, speech: list[Path]) -> list[tuple[str, dict[str, Any
     return out
 
 
-@pytest.mark.parametrize("kind", ["cond", "multi", "pitch", "uncond"])
-async def test_batched_requests_equal_each_request_alone(bundles, speech, kind):
+@pytest.mark.parametrize(
+    ("kind", "exact"),
+    [("cond", True), ("cond", False), ("multi", True), ("pitch", True), ("uncond", True)],
+)
+async def test_batched_requests_equal_each_request_alone(bundles, speech, kind, exact):
     requests = requests_for(kind, speech)
-    alone = settings_for(bundles[kind], max_batch=1, max_delay_ms=0)
+    alone = settings_for(bundles[kind], max_batch=1, max_delay_ms=0, exact=exact)
     async with running(alone) as (client, _):
         solo = [(await client.post(route, json=body)).content for route, body in requests]
     # The batch closes when all four have arrived (or after 1 s, if the box is very busy).
-    batched = settings_for(bundles[kind], max_batch=len(requests), max_delay_ms=1000)
+    batched = settings_for(bundles[kind], max_batch=len(requests), max_delay_ms=1000, exact=exact)
     async with running(batched) as (client, _):
         responses = await asyncio.gather(
             *(client.post(route, json=body) for route, body in requests)
@@ -69,7 +72,7 @@ async def test_batched_requests_equal_each_request_alone(bundles, speech, kind):
         assert await metric(client, "distilwave_batch_size_sum") == len(requests)
     for response, expected in zip(responses, solo, strict=True):
         assert response.status_code == 200
-        assert response.content == expected  # bit-identical: same seed, any batch
+        assert_same_audio(response.content, expected, exact)  # same seed, any batch
 
 
 async def test_resynthesis_batches_with_vocoding_exactly(bundles, speech):
@@ -85,8 +88,8 @@ async def test_resynthesis_batches_with_vocoding_exactly(bundles, speech):
             client.post("/v1/audio/vocode", json=vocode),
         )
         assert await metric(client, "distilwave_batch_size_count") == 1
-    assert both[0].content == solo_up.content
-    assert both[1].content == solo_voc.content
+    assert_same_audio(both[0].content, solo_up.content, exact=False)
+    assert_same_audio(both[1].content, solo_voc.content, exact=False)
 
 
 def test_stacked_contexts_pad_by_repeating_the_last_block(bundles, speech):
@@ -103,22 +106,11 @@ def test_stacked_contexts_pad_by_repeating_the_last_block(bundles, speech):
     assert noise[0, 400:].abs().sum() == 0 and noise[1].abs().min() == 1
 
 
-def assert_same_pcm(streamed: bytes, whole: bytes, kind: str) -> None:
-    """Equal bytes; for pitch bundles equal within one 16-bit step: models.pitch.lagged
-    rounds ``t + history - lag`` differently with and without a carried history (~3e-7,
-    reported), which can flip the rounding of a few samples."""
-    if kind != "pitch":
-        assert streamed == whole
-        return
-    a, b = (np.frombuffer(x, dtype="<i2").astype(np.int32) for x in (streamed, whole))
-    assert a.shape == b.shape
-    assert np.abs(a - b).max() <= 1
-
-
-@pytest.mark.parametrize("kind", ["cond", "pitch"])
-async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind):
+@pytest.mark.parametrize(("kind", "exact"), [("cond", True), ("cond", False), ("pitch", False)])
+async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind, exact):
     mel = mel_of(speech[2], None)
-    async with running(settings_for(bundles[kind], stream_chunk_s=0.05)) as (client, _):
+    settings = settings_for(bundles[kind], stream_chunk_s=0.05, exact=exact)
+    async with running(settings) as (client, _):
         for fmt in ("pcm", "wav"):
             body = {"mel": mel, "seed": 9, "response_format": fmt}
             whole = await client.post("/v1/audio/vocode", json=body)
@@ -129,16 +121,16 @@ async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind)
             if fmt == "wav":
                 header = streamed.content[:44]
                 assert header[4:8] == b"\xff\xff\xff\xff" and header[40:44] == b"\xff\xff\xff\xff"
-                assert_same_pcm(streamed.content[44:], whole.content[44:], kind)
+                assert_same_audio(streamed.content[44:], whole.content[44:], exact)
             else:
-                assert_same_pcm(streamed.content, whole.content, kind)
+                assert_same_audio(streamed.content, whole.content, exact)
         upload = {"file": ("a.wav", speech[3].read_bytes())}
         whole = await client.post("/v1/audio/resynthesize", files=upload, data={"seed": "2"})
         streamed = await client.post(
             "/v1/audio/resynthesize", files=upload, data={"seed": "2", "stream": "true"}
         )
         # The gain is undone and the padding trimmed chunk by chunk.
-        assert_same_pcm(streamed.content[44:], whole.content[44:], kind)
+        assert_same_audio(streamed.content[44:], whole.content[44:], exact)
 
 
 async def test_engine_stream_yields_chunks_of_whole_hops(bundles, speech):

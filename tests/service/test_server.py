@@ -106,6 +106,7 @@ def uvicorn_process(
         "DISTILWAVE_MAX_DURATION_S": "60",
         "DISTILWAVE_MAX_BATCH": "1",
         "DISTILWAVE_REQUEST_TIMEOUT_S": "60",
+        "DISTILWAVE_EXACT": "true",  # the stream test compares bytes
     }
     with server(uvicorn_command(port), env, log, port) as (process, url):
         yield process, url, log
@@ -182,7 +183,7 @@ def test_loadtest_reports_levels_and_raw_speed(uvicorn_server, bundles, tmp_path
         [
             "--bundle", str(bundles["cond"]), "--url", uvicorn_server, "--concurrency", "1", "3",
             "--requests", "6", "--max-seconds", "20", "--clip-s", "0.5", "--threads", "1",
-            "--out", str(out),
+            "--exact", "--out", str(out),
         ]
     )  # fmt: skip
     report = json.loads(out.read_text())
