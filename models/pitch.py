@@ -59,17 +59,31 @@ def _sample_spectrum(spectrum: Tensor, frequencies: Tensor, bin_hz: float) -> Te
     return spectrum[..., low] * (1 - fraction) + spectrum[..., low + 1] * fraction
 
 
-def _viterbi(score: Tensor, transition: Tensor) -> Tensor:
-    """Best path ``(B, M)`` through ``score`` ``(B, M, C)`` with ``transition`` ``(C, C)``."""
+def _viterbi(score: Tensor, log_candidates: Tensor, jump_octaves: float, band: int) -> Tensor:
+    """Best path ``(B, M)`` through ``score`` ``(B, M, C)``.
+
+    Moving between candidates ``i`` and ``j`` costs ``|log2 c_i - log2 c_j| / jump_octaves``;
+    only moves of at most ``band`` grid steps are considered (a banded max, O(M C band)).
+    """
+    count = score.shape[-1]
+    offsets = torch.arange(-band, band + 1, device=score.device)
+    source = torch.arange(count, device=score.device)[:, None] + offsets[None, :]  # (C, 2b+1)
+    valid = (source >= 0) & (source < count)
+    source = source.clamp(0, count - 1)
+    step = (log_candidates[1:] - log_candidates[:-1]).mean()
+    cost = (offsets.abs().to(score.dtype) * step / jump_octaves)[None, :]
+    cost = torch.where(valid, -cost, torch.full_like(cost, -torch.inf))  # (C, 2b+1)
+    rows = torch.arange(count, device=score.device)[None, :]
     total = score[:, 0]
     pointers = []
     for frame in range(1, score.shape[1]):
-        best, argbest = (total[:, :, None] + transition[None]).max(1)  # (B, C) each
+        candidates = total[:, source] + cost  # (B, C, 2b+1): arrive at c from source[c, k]
+        best, argbest = candidates.max(-1)
         total = best + score[:, frame]
-        pointers.append(argbest)
+        pointers.append(source[rows, argbest])  # (B, C): where each candidate came from
     path = [total.argmax(-1)]
-    for argbest in reversed(pointers):
-        path.append(argbest.gather(1, path[-1][:, None])[:, 0])
+    for previous in reversed(pointers):
+        path.append(previous.gather(1, path[-1][:, None])[:, 0])
     return torch.stack(path[::-1], dim=1)
 
 
@@ -97,9 +111,8 @@ def estimate_pitch(
     evidence = (on - between) * weight  # (B, M, C, K)
     # summed (not averaged) over harmonics: a multiple of F0 collects fewer of them
     score = evidence.sum(-1)  # (B, M, C)
-    log_c = torch.log2(candidates)
-    transition = -(log_c[:, None] - log_c[None, :]).abs() / config.jump_octaves
-    path = _viterbi(score, transition)
+    band = config.bins_per_octave // 2  # moves of more than half an octave are never worth it
+    path = _viterbi(score.float(), torch.log2(candidates).float(), config.jump_octaves, band)
     f0 = candidates[path]
     # salience: the mean evidence per harmonic at the chosen F0, comparable across F0
     mean_evidence = score / weight.sum(-1).clamp_min(1e-12)
@@ -121,13 +134,15 @@ def band_limited_pulses(phase: Tensor, f0: Tensor, sample_rate: int) -> Tensor:
     """Unit-power band-limited impulse train: ``sum_{k <= K_t} cos(k phi_t) / sqrt(K_t / 2)``.
 
     ``K_t = floor(sr / 2 / f0_t)`` keeps every harmonic below Nyquist: the flat-spectrum
-    periodic excitation that voiced speech is after linear-prediction whitening.
+    periodic excitation that voiced speech is after linear-prediction whitening. Closed form
+    (Dirichlet kernel) ``sin((K + 1/2) phi) / (2 sin(phi / 2)) - 1/2``, with its limit ``K``
+    at ``phi = 0``.
     """
     count = torch.floor(sample_rate / 2 / f0).clamp_min(1)  # (B, T)
-    most = int(count.max().item())
-    total = torch.zeros_like(phase)
-    for k in range(1, most + 1):
-        total = total + torch.cos(k * phase) * (k <= count)
+    half = torch.sin(phase / 2)
+    safe = half.abs() > 1e-6
+    kernel = torch.sin((count + 0.5) * phase) / (2 * torch.where(safe, half, torch.ones_like(half)))
+    total = torch.where(safe, kernel - 0.5, count)
     return total / torch.sqrt(count / 2)
 
 
