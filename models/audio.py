@@ -22,14 +22,18 @@ def loudness_lufs(waveform: Tensor, sample_rate: int) -> float:
     if waveform.dim() != 1:
         raise ValueError(f"loudness expects a mono (T,) waveform, got {tuple(waveform.shape)}")
     check_finite("waveform", waveform)
-    energy = float(waveform.double().square().mean()) if waveform.numel() else 0.0
-    if energy <= 0.0:
+    peak = float(waveform.abs().max()) if waveform.numel() else 0.0
+    if peak <= 0.0:
         return -math.inf
+    # loudness is scale-covariant: measure at full scale so quiet input never falls under
+    # BS.1770's absolute -70 LUFS gate, then shift back by the scale
+    unit = waveform.double() / peak
+    offset = 20.0 * math.log10(peak)
     if waveform.numel() >= int(GATE_SECONDS * sample_rate) + 1:
-        value = float(AF.loudness(waveform[None].float(), sample_rate))
+        value = float(AF.loudness(unit[None].float(), sample_rate))
         if math.isfinite(value):
-            return value
-    return 10.0 * math.log10(energy) - 0.691
+            return value + offset
+    return 10.0 * math.log10(float(unit.square().mean())) - 0.691 + offset
 
 
 def normalize_loudness(

@@ -61,8 +61,8 @@ class Upsampler(nn.Module):
         if self.speaker is not None:
             if speaker is None:
                 raise ValueError(f"this model has {self.n_speakers} speakers: pass a speaker id")
-            if speaker.dim() != 1:
-                raise ValueError("speaker must be a (B,) tensor of ids")
+            if speaker.dim() != 1 or speaker.dtype not in (torch.int32, torch.int64):
+                raise ValueError("speaker must be a (B,) tensor of integer ids")
             if bool((speaker < 0).any()) or bool((speaker >= self.n_speakers).any()):
                 raise ValueError(f"speaker ids must lie in [0, {self.n_speakers})")
             emb = self.speaker(speaker)  # (B, D)
@@ -148,8 +148,10 @@ def make_context(
     else:
         if mel is not None:
             raise ValueError("this model is unconditional: it takes no mel spectrogram")
-        if num_samples is None or num_samples <= 0:
-            raise ValueError("an unconditional model needs num_samples > 0")
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
+            raise ValueError("an unconditional model needs an integer num_samples > 0")
+        if batch <= 0:
+            raise ValueError("batch must be positive")
         if speaker is not None:
             batch = speaker.shape[0]
         steps = num_samples

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torchaudio
 from torch import Tensor, nn
@@ -65,7 +67,10 @@ class MelFrontEnd(nn.Module):
                 f"{self.config.n_fft} (needs more than {self.config.n_fft // 2})"
             )
         check_finite("waveform", waveform)
-        mel = self.spectrogram.to(waveform.dtype)(waveform)
+        spectrogram = self.spectrogram
+        if self.window.dtype != waveform.dtype:  # compute in the input's precision, unmodified
+            spectrogram = copy.deepcopy(spectrogram).to(waveform.dtype)
+        mel = spectrogram(waveform)
         return self.normalise(mel)
 
     def normalise(self, mel: Tensor) -> Tensor:

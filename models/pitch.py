@@ -201,10 +201,11 @@ def lagged(sequence: Tensor, lag: Tensor, t0: int = 0, history: Tensor | None = 
     past = sequence.new_zeros(batch, 0) if history is None else history
     full = torch.cat([past, sequence], dim=1)  # index of time t: t - t0 + H
     offset = past.shape[1]
-    position = torch.arange(steps, device=sequence.device, dtype=lag.dtype)[None] + offset - lag
-    low = position.floor()
-    fraction = (position - low).to(sequence.dtype)
-    low_index = low.long()
+    # t - lag = (t - ceil(lag)) + (ceil(lag) - lag): integer index and a fraction that do not
+    # depend on where the chunk starts, so chunked and whole-clip passes agree exactly
+    whole = torch.ceil(lag)
+    fraction = (whole - lag).to(sequence.dtype)
+    low_index = torch.arange(steps, device=sequence.device)[None] + offset - whole.long()
     valid_low = low_index >= 0
     valid_high = low_index + 1 >= 0
     low_value = full.gather(1, low_index.clamp_min(0)) * valid_low
@@ -219,10 +220,9 @@ def lagged_value(history: Tensor, t: int, lag: Tensor) -> Tensor:
     """
     if t == 0:
         return history.new_zeros(history.shape[0])
-    position = t - lag
-    low = position.floor()
-    fraction = (position - low).to(history.dtype)
-    low_index = low.long()
+    whole = torch.ceil(lag)
+    fraction = (whole - lag).to(history.dtype)
+    low_index = t - whole.long()
     low_value = history.gather(1, low_index.clamp(0, t - 1)[:, None])[:, 0] * (low_index >= 0)
     high_index = low_index + 1
     high_value = history.gather(1, high_index.clamp(0, t - 1)[:, None])[:, 0] * (high_index >= 0)

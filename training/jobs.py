@@ -69,7 +69,12 @@ def _run(
     extra: dict[str, str],
 ) -> LoopResult:
     optim = preset.teacher_training.optim if job == "teacher" else preset.distillation.optim
-    snapshot = {"preset": preset.model_dump(mode="json"), "data": str(data_dir), **extra}
+    snapshot = {
+        "preset": preset.model_dump(mode="json"),
+        "optim": optim.model_dump(mode="json"),
+        "data": str(data_dir),
+        **extra,
+    }
     handler: logging.Handler | None = None
     if dist.is_main:
         handler = attach_log_file(run_dir)

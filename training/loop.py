@@ -132,6 +132,12 @@ class Trainer:
         path, state = found
         if state.get("kind") != self.recipe.kind:
             raise UserError(f"{path} is a {state.get('kind')} checkpoint, not {self.recipe.kind}")
+        saved_optim = state.get("config", {}).get("optim")
+        if saved_optim is not None and saved_optim != self.optim_config.model_dump(mode="json"):
+            log.warning(
+                "resuming with optimiser settings that differ from the checkpoint's: the "
+                "checkpoint's optimiser, schedule and EMA state continue unchanged"
+            )
         try:
             self.recipe.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -183,7 +189,8 @@ class Trainer:
             saved = self.checkpoints.steps()
             last = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint yet"
             raise UserError(
-                f"{bad_in_row} non-finite losses or gradients in a row at step {self.step}: "
+                f"{bad_in_row} non-finite batches, losses or gradients in a row at step "
+                f"{self.step}: "
                 f"stopping; {last}",
                 exit_code=1,
             )
@@ -221,6 +228,16 @@ class Trainer:
         try:
             while self.step < loop.steps:
                 batch = _to_device(next(data), self.dist.device)
+                finite_batch = all(
+                    bool(torch.isfinite(v).all())
+                    for v in batch.values()
+                    if isinstance(v, Tensor) and v.is_floating_point()
+                )
+                if not all_true(finite_batch, self.dist):
+                    # corrupt data: skip before any forward pass, on every rank alike
+                    bad_in_row += 1
+                    self._skip("batch", bad_in_row, writer)
+                    continue
                 with torch.autocast(self.dist.device.type, torch.bfloat16, enabled=self.amp):
                     out = self.objective(batch)
                 loss = out["loss"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -38,6 +39,11 @@ DeviceOption = Annotated[
 ]
 
 
+def _main_rank() -> bool:
+    """Under torchrun only rank 0 prints the summary."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.command("teacher")
 def teacher(
     data: DataOption,
@@ -56,10 +62,11 @@ def teacher(
 
     config = load_preset(preset, overrides)
     result, where = run_teacher(config, data, run_dir, resume, device)
-    typer.echo(
-        f"teacher: {result.step} steps ({result.stopped}), best bits/sample "
-        f"{result.best_metric:.3f}; run in {where}"
-    )
+    if _main_rank():
+        typer.echo(
+            f"teacher: {result.step} steps ({result.stopped}), best bits/sample "
+            f"{result.best_metric:.3f}; run in {where}"
+        )
 
 
 @app.command("student")
@@ -87,7 +94,8 @@ def student(
         extra.append(f"distillation.kl={kl}")
     config = load_preset(preset, extra)
     result, where = run_student(config, data, teacher, run_dir, resume, device)
-    typer.echo(
-        f"student: {result.step} steps ({result.stopped}), best validation "
-        f"{result.best_metric:.4g}; run in {where}"
-    )
+    if _main_rank():
+        typer.echo(
+            f"student: {result.step} steps ({result.stopped}), best validation "
+            f"{result.best_metric:.4g}; run in {where}"
+        )
