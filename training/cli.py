@@ -38,6 +38,9 @@ def _register() -> None:
     app.command("export")(run_cli.export_command)
     app.command("generate")(run_cli.generate_command)
     app.command("pipeline")(run_cli.pipeline_command)
+    from training.bench import bench_command
+
+    app.command("bench")(bench_command)
     from training.serve_cli import serve
 
     app.command("serve")(serve)

@@ -1,0 +1,111 @@
+"""``distilwave bench`` runs on a tiny bundle and writes valid JSON (no timing is checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.bundle import save_bundle
+from models.config import MelConfig, StudentConfig, UpsamplerConfig, WaveNetConfig
+from models.student import IAFStudent
+from training.bench import student_flops
+from training.bench_report import render_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    """A smoke-preset-shaped student (same front end as the smoke preset), untrained."""
+    config = StudentConfig(
+        flows=2,
+        wavenet=WaveNetConfig(
+            layers=3, cycle=3, residual_channels=8, gate_channels=16, skip_channels=8
+        ),
+        upsampler=UpsamplerConfig(channels=8),
+    )
+    mel = MelConfig(sample_rate=8000, n_fft=1024, hop_length=100, n_mels=80)
+    return save_bundle(tmp_path / "bundle", IAFStudent(config, mel))
+
+
+def test_bench_writes_valid_json(tiny_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, "-m", "training.cli", "bench", "--bundle", str(tiny_bundle),
+        "--preset", "smoke", "--quick", "--sections", "generation,limit,scaling",
+        "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert {"machine", "models", "generation", "limit", "scaling"} <= report.keys()
+    assert report["machine"]["load_average_start"]
+    rows = report["generation"]["rows"]
+    assert {(r["batch"], r["audio_seconds"]) for r in rows} == {
+        (1, 0.25),
+        (1, 0.5),
+        (2, 0.25),
+        (2, 0.5),
+    }
+    for row in rows:
+        for key in ("student", "student_module", "teacher_cached", "teacher_naive"):
+            assert row[key]["samples_per_second"] > 0
+        assert row["teacher_naive"]["extrapolated"] is True
+        assert row["ratio_student_teacher_cached"] > 0
+    assert report["limit"]["matmul_peak_gflops"] > 0
+    assert [r["audio_seconds"] for r in report["scaling"]["rows"]] == [0.1, 0.2, 0.4]
+    assert "## Performance" in done.stdout and "student / teacher cached" in done.stdout
+
+
+def test_bench_rejects_unknown_section(tiny_bundle: Path) -> None:
+    command = [sys.executable, "-m", "training.cli", "bench", "--bundle", str(tiny_bundle)]
+    done = subprocess.run(
+        [*command, "--sections", "speed"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "unknown sections" in done.stderr
+
+
+def test_student_flops_counts_every_layer() -> None:
+    config = StudentConfig(
+        flows=1,
+        wavenet=WaveNetConfig(
+            layers=1, cycle=1, residual_channels=4, gate_channels=8, skip_channels=4
+        ),
+        upsampler=UpsamplerConfig(channels=2, kernel_size=1),
+    )
+    mel = MelConfig(sample_rate=8000, n_fft=64, hop_length=10, n_mels=5)
+    student = IAFStudent(config, mel)
+    flops = student_flops(student)
+    # input 1x4, dilated 2 taps 4 -> 8, output 4 -> 4 (last layer: skip only), head 4x4 and 4x2,
+    # conditioning 2 -> 8 at frame rate plus interpolation, FIR 128 taps, upsampler 5 -> 2 / hop
+    wavenet = 2 * 4 + 2 * 2 * 4 * 8 + 2 * 4 * 4 + 2 * 16 + 2 * 8
+    conditioning = 8 * (2 * 2 / 10 + 2)
+    assert flops["wavenet_flows"] == pytest.approx(wavenet + conditioning)
+    assert flops["fir_synthesis"] == 2 * 128
+    assert flops["upsampler"] == pytest.approx(2 * 5 * 2 / 10)
+    assert flops["total"] == pytest.approx(wavenet + conditioning + 256 + 2)
+    assert torch.get_num_threads() >= 1
+
+
+def test_render_markdown_without_optional_sections() -> None:
+    report = {
+        "machine": {
+            "cpu": "x",
+            "cores": 2,
+            "threads": 2,
+            "torch": "2",
+            "python": "3",
+            "load_average_start": [1.0, 1.0, 1.0],
+        },
+        "models": {"trained": False},
+        "training": {"skipped": "no prepared corpus"},
+        "service": {"skipped": "service.loadtest is not available"},
+    }
+    text = render_markdown(report)
+    assert "untrained" in text and "no prepared corpus" in text
