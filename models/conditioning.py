@@ -87,6 +87,8 @@ class Context:
         lpc: per-block linear prediction (source-filter models) or None.
         source: ``(B, S, T)`` periodic source channels from the mel's pitch, or None.
         lag: ``(B, T)`` pitch period in samples (for pitch-lagged inputs), or None.
+        pulses: ``(B, T)`` unit-power band-limited pulse train at the pitch, or None.
+        voicing: ``(B, M)`` soft voicing per frame, or None.
     """
 
     batch: int
@@ -96,6 +98,8 @@ class Context:
     lpc: LinearPrediction | None = None
     source: Tensor | None = None
     lag: Tensor | None = None
+    pulses: Tensor | None = None
+    voicing: Tensor | None = None
 
 
 def interpolate_frames(frames: Tensor, t0: int, t1: int, hop: int) -> Tensor:
@@ -183,8 +187,10 @@ def make_context(
         hop=hop,
         frames=features,
         lpc=lpc,
-        source=source,
+        source=None if source is None else source.channels,
         lag=lag,
+        pulses=None if source is None else source.pulses,
+        voicing=None if source is None else source.voicing,
     )
 
 

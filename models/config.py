@@ -174,7 +174,8 @@ class TeacherConfig(StrictModel):
 
 
 class StudentConfig(StrictModel):
-    """The IAF student: ``flows`` affine autoregressive flows, then gain and synthesis."""
+    """The IAF student: an optional mixed-excitation flow, ``flows`` WaveNet flows, then gain
+    and synthesis."""
 
     flows: int = Field(4, ge=1, le=16)
     wavenet: WaveNetConfig = WaveNetConfig()
@@ -185,6 +186,8 @@ class StudentConfig(StrictModel):
     n_speakers: int = Field(0, ge=0)
     log_scale_bound: float = Field(5.0, gt=0.0)
     init_log_scale: float = -2.5
+    mixed_excitation: bool = False
+    excitation_noise_floor: float = Field(0.01, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -192,4 +195,6 @@ class StudentConfig(StrictModel):
             raise ValueError("the source-filter student needs conditioning (the mel)")
         if self.pitch.enabled and not self.conditional:
             raise ValueError("pitch comes from the mel: an unconditional student cannot use it")
+        if self.mixed_excitation and not self.pitch.enabled:
+            raise ValueError("mixed_excitation needs pitch.enabled (its pulses follow the pitch)")
         return self

@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import Context, sample_conditioning
+from models.conditioning import Context, interpolate_frames, sample_conditioning
 from models.config import WaveNetConfig
 from models.lpc import per_sample, time_varying_fir
 from models.pitch import history_length, lagged, lagged_value
@@ -231,6 +231,50 @@ class _QueuedFlow:
     def push(self, value: Tensor) -> None:
         self.values[:, self.t] = value
         self.t += 1
+
+
+class ExcitationConditioner(ARConditioner):
+    """Mixed excitation from the mel's pitch: ``mean = sqrt(v_t) p_t``, ``scale = sqrt(1 - v_t)``.
+
+    ``p`` is the unit-power band-limited pulse train and ``v`` the voicing (the pitch
+    tracker's, corrected by a learned per-frame logit that starts at zero), so the step keeps
+    the excitation's power at 1 and, on ``z^0``, makes a harmonic-plus-noise source. Mean and
+    scale depend on the conditioning only: an exact IAF step with log-det ``sum log scale``.
+    The scale never drops below ``sqrt(noise_floor)``.
+    """
+
+    def __init__(self, cond_channels: int, noise_floor: float) -> None:
+        super().__init__()
+        self.noise_floor = noise_floor
+        self.correction = nn.Conv1d(cond_channels, 1, 1) if cond_channels > 0 else None
+        if self.correction is not None:
+            nn.init.zeros_(self.correction.weight)
+            nn.init.zeros_(self.correction.bias)  # type: ignore[arg-type]
+
+    def frame_voicing(self, context: Context) -> Tensor:
+        """The corrected voicing per frame ``(B, M)``."""
+        if context.voicing is None or context.pulses is None:
+            raise ValueError("the mixed-excitation flow needs the pitch source in the context")
+        logit = torch.logit(context.voicing.clamp(1e-4, 1 - 1e-4))
+        if self.correction is not None and context.frames is not None:
+            logit = logit + self.correction(context.frames)[:, 0]
+        return torch.sigmoid(logit)
+
+    def forward(
+        self, v: Tensor, context: Context, stream: Stream | None = None
+    ) -> tuple[Tensor, Tensor]:
+        t0 = 0 if stream is None else stream.t
+        steps = v.shape[1]
+        if stream is not None:
+            stream.t = t0 + steps
+        voiced = interpolate_frames(
+            self.frame_voicing(context)[:, None], t0, t0 + steps, context.hop
+        )
+        voiced = voiced[:, 0].to(v.dtype)  # (B, T)
+        assert context.pulses is not None
+        mean = torch.sqrt(voiced) * context.pulses[:, t0 : t0 + steps].to(v.dtype)
+        log_scale = 0.5 * torch.log1p(-voiced * (1.0 - self.noise_floor))
+        return mean, log_scale
 
 
 class GainConditioner(ARConditioner):

@@ -146,10 +146,26 @@ def band_limited_pulses(phase: Tensor, f0: Tensor, sample_rate: int) -> Tensor:
     return total / torch.sqrt(count / 2)
 
 
+@dataclass
+class Source:
+    """What the flows get from a pitch track.
+
+    Attributes:
+        channels: ``(B, S, T)`` conditioning channels (harmonics, pulse train, voicing, log-F0),
+            each voiced component scaled by the soft voicing.
+        pulses: ``(B, T)`` the unit-power band-limited pulse train, not scaled.
+        voicing: ``(B, M)`` soft voicing per frame.
+    """
+
+    channels: Tensor
+    pulses: Tensor
+    voicing: Tensor
+
+
 def periodic_source(
     track: PitchTrack, hop: int, num_samples: int, sample_rate: int, config: PitchConfig
-) -> Tensor:
-    """Per-sample source channels ``(B, S, T)`` from a track over ``M >= T / hop + 1`` frames."""
+) -> Source:
+    """Per-sample source signals from a track over ``M >= T / hop + 1`` frames."""
     f0 = track.f0.to(torch.float64)
     frames = f0.shape[1]
     t = torch.arange(num_samples, device=f0.device)
@@ -161,15 +177,21 @@ def periodic_source(
     phase = torch.remainder(
         2 * math.pi * torch.cumsum(per_sample_f0 / sample_rate, dim=1), 2 * math.pi
     )
-    v = voicing(track.salience.to(torch.float64), config)
-    v = torch.lerp(v[:, left], v[:, right], weight)  # (B, T)
+    frame_voicing = voicing(track.salience.to(torch.float64), config)
+    v = torch.lerp(frame_voicing[:, left], frame_voicing[:, right], weight)  # (B, T)
+    pulses = band_limited_pulses(phase, per_sample_f0, sample_rate)
     channels = []
     for k in range(1, config.source_harmonics + 1):
         channels += [v * torch.sin(k * phase), v * torch.cos(k * phase)]
-    channels.append(v * band_limited_pulses(phase, per_sample_f0, sample_rate))
+    channels.append(v * pulses)
     centre = math.log(math.sqrt(config.f0_min * config.f0_max))
     channels += [v, (log_f0 - centre) / math.log(2.0)]
-    return torch.stack(channels, dim=1).to(track.f0.dtype)
+    dtype = track.f0.dtype
+    return Source(
+        channels=torch.stack(channels, dim=1).to(dtype),
+        pulses=pulses.to(dtype),
+        voicing=frame_voicing.to(dtype),
+    )
 
 
 def pitch_lag(track: PitchTrack, hop: int, num_samples: int, sample_rate: int) -> Tensor:

@@ -3,7 +3,8 @@
     z^0 ~ N(0, I) (times a temperature at inference)
     z^k_t = z^{k-1}_t exp(log_scale_k,t) + mean_k,t,   both functions of z^{k-1}_<t and c
 
-Flows, in order: ``flows`` WaveNet flows; a gain flow (``log_scale = log g_t`` from
+Flows, in order: optionally a mixed-excitation flow (pulses at the mel's pitch plus noise,
+by voicing); ``flows`` WaveNet flows; a gain flow (``log_scale = log g_t`` from
 linear prediction, or one learned log-scale for the plain model); and, for source-filter
 models, the FIR synthesis flow with the filter of the teacher. Every step's mean and
 log-scale at ``t`` depend on ``z^0_<t`` only, so the whole student is one Gaussian per
@@ -25,6 +26,7 @@ from models.conditioning import Context, Upsampler, conditioning_channels, make_
 from models.config import MelConfig, StudentConfig
 from models.flows import (
     AffineAutoregressive,
+    ExcitationConditioner,
     GainConditioner,
     Stream,
     SynthesisConditioner,
@@ -70,7 +72,13 @@ class IAFStudent(nn.Module):
         cond_channels = conditioning_channels(self.upsampler, self.pitch)
         lag_input = self.pitch is not None and self.pitch.lag_input
         sf = config.source_filter.enabled
-        steps: list[AffineAutoregressive] = [
+        steps: list[AffineAutoregressive] = []
+        if config.mixed_excitation:
+            excitation = ExcitationConditioner(
+                self.upsampler.out_channels, config.excitation_noise_floor
+            )
+            steps.append(AffineAutoregressive(excitation, "iaf"))
+        steps += [
             AffineAutoregressive(
                 WaveNetConditioner(
                     config.wavenet, cond_channels, config.log_scale_bound, lag_input
@@ -88,6 +96,28 @@ class IAFStudent(nn.Module):
     def steps(self) -> list[AffineAutoregressive]:
         """The flows in sampling order (WaveNet flows, gain, synthesis)."""
         return [cast(AffineAutoregressive, flow) for flow in self.flows]
+
+    @property
+    def leading_steps(self) -> list[AffineAutoregressive]:
+        """Steps before the WaveNet flows (the mixed-excitation flow, if any)."""
+        return self.steps[: int(self.config.mixed_excitation)]
+
+    @property
+    def wavenet_steps(self) -> list[AffineAutoregressive]:
+        """The WaveNet flows."""
+        first = int(self.config.mixed_excitation)
+        return self.steps[first : first + self.config.flows]
+
+    @property
+    def tail_steps(self) -> list[AffineAutoregressive]:
+        """Steps after the WaveNet flows: gain, then synthesis (source-filter models)."""
+        return self.steps[int(self.config.mixed_excitation) + self.config.flows :]
+
+    @property
+    def gain(self) -> GainConditioner:
+        conditioner = self.tail_steps[0].conditioner
+        assert isinstance(conditioner, GainConditioner)
+        return conditioner
 
     @property
     def hop_length(self) -> int:

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
-from models.flows import GainConditioner
 from models.kl import closed_form_kl, log_scale_regulariser, mean_and_stderr, monte_carlo_kl
 from models.student import IAFStudent
 from models.teacher import GaussianWaveNet
@@ -123,8 +122,8 @@ class DistillRecipe:
         student = IAFStudent(preset.student, preset.mel)
         student.upsampler.load_state_dict(teacher.upsampler.state_dict())
         if not preset.student.source_filter.enabled:
-            gain = student.steps[preset.student.flows].conditioner
-            assert isinstance(gain, GainConditioner) and gain.log_scale is not None
+            gain = student.gain
+            assert gain.log_scale is not None
             with torch.no_grad():
                 gain.log_scale.fill_(data_log_scale(data_dir, preset.segment_samples("student")))
         self.model: nn.Module = student.to(dist.device)
