@@ -18,11 +18,14 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from models.bundle import load_bundle
@@ -35,6 +38,9 @@ from service.settings import Settings
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
+
+# The demo page (plain HTML, CSS and JS, no build step); it calls only the public API.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 DESCRIPTION = """Fast neural audio generation: a distilled parallel (IAF) student, served.
 
@@ -142,6 +148,11 @@ async def _drain(
     server_exit(signum, None)
 
 
+async def demo_page() -> FileResponse:
+    """The demo page: listen to, compare and look at the model's audio in a browser."""
+    return FileResponse(STATIC_DIR / "index.html")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (settings from the environment unless given). Nothing loads until the
     ASGI lifespan starts."""
@@ -162,6 +173,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.include_router(router)
+    # Open without the API key (the page holds no secrets; it asks for the key itself).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_api_route("/", demo_page, include_in_schema=False)
     # Added innermost first: the body limit wraps the app, the gate wraps that, the key
     # check wraps the gate, and the HTTP metrics see every answer, refusals included.
     app.add_middleware(

@@ -85,9 +85,13 @@ async def _respond(
                 yield pcm16(post(chunk) if post else chunk)
 
         return StreamingResponse(body(), media_type=media, headers=headers)
+    started = time.perf_counter()
     waveform = await engine.generate(job)
+    # Queue wait, mel and model for this request, measured here; not decoding nor encoding.
+    headers["X-Generation-Seconds"] = f"{time.perf_counter() - started:.4f}"
     if post is not None:
         waveform = post(waveform)
+    headers["X-Audio-Seconds"] = f"{waveform.shape[0] / rate:.4f}"
     data = await run_in_threadpool(encode, waveform, rate, options.response_format)
     return Response(data, media_type=media, headers=headers)
 

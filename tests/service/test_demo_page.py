@@ -1,0 +1,274 @@
+"""The demo page at ``/``: served open while ``/v1`` needs the key, and driven end to end in
+a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, through Selenium)
+against a real uvicorn on loopback serving a bundle the smoke pipeline trained and exported.
+
+The browser test installs Chromium with apt-get when it is missing (CI runs as root) and is
+skipped, saying why, only where it cannot. It leaves a full-page screenshot in its tmp dir and
+at /tmp/distilwave-demo.png (printed; run with ``-s`` to see the path).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile
+
+from tests.service.conftest import running, settings_for
+from tests.service.test_server import free_port, server, uvicorn_command
+from tests.training.pipeline.support import (
+    EVALUATION_SET,
+    FIXTURE_CORPUS,
+    STUDENT_SET,
+    TEACHER_SET,
+    run_cli,
+    sets,
+    tail,
+)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+API_KEY = "demo-page-key"
+SCREENSHOT_COPY = Path("/tmp/distilwave-demo.png")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1280,1000",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",  # a fake mic
+]  # fmt: skip
+
+
+# ---- Without a browser: the page is open, the API is not, timings are in the headers ----
+
+
+@pytest.mark.anyio
+async def test_page_and_static_files_are_open_while_v1_needs_the_key(bundles):
+    settings = settings_for(bundles["cond"], api_key=API_KEY)
+    async with running(settings) as (client, _):
+        page = await client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for asset in ("/static/app.js", "/static/spectrogram.js", "/static/style.css"):
+            assert (await client.get(asset)).status_code == 200, asset
+            assert asset in page.text
+        assert (await client.get("/v1/models")).status_code == 401
+        assert "/" not in (await client.get("/openapi.json")).json()["paths"]
+
+
+@pytest.mark.anyio
+async def test_audio_responses_carry_generation_and_audio_seconds(bundles, speech):
+    async with running(settings_for(bundles["cond"])) as (client, _):
+        upload = {"file": ("clip.wav", speech[0].read_bytes())}
+        response = await client.post("/v1/audio/resynthesize", files=upload)
+    assert response.status_code == 200
+    samples = soundfile.info(io.BytesIO(response.content)).frames
+    assert float(response.headers["X-Audio-Seconds"]) == pytest.approx(samples / 8000, abs=1e-4)
+    assert 0 < float(response.headers["X-Generation-Seconds"]) < 30
+
+
+# ---- In Chromium --------------------------------------------------------------------------
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium and chromium-driver if missing; the reason it can't, or None."""
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return None
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return "no /usr/bin/chromium + chromedriver, and no root apt-get to install them"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
+    ):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(command)} took over 900 s"
+        if done.returncode != 0:
+            return f"{' '.join(command)} failed: {tail(done.stderr or done.stdout, 5)}"
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        return "apt-get installed chromium but /usr/bin/chromium or chromedriver is missing"
+    return None
+
+
+@pytest.fixture(scope="module")
+def smoke_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle: ``distilwave pipeline --preset smoke`` on the speech fixtures (with the
+    pipeline tests' overrides, which only shorten validation and evaluation)."""
+    run = tmp_path_factory.mktemp("demo-smoke") / "run"
+    process = run_cli(
+        "pipeline", "--preset", "smoke", "--source", FIXTURE_CORPUS, "--run-dir", run,
+        "--device", "cpu", *sets(TEACHER_SET + STUDENT_SET + EVALUATION_SET),
+    )  # fmt: skip
+    if process.returncode != 0:
+        pytest.fail(f"the smoke pipeline failed:\n{tail(process.stderr)}")
+    return run / "bundle"
+
+
+@pytest.fixture(scope="module")
+def demo_server(smoke_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """uvicorn on loopback serving the smoke bundle, with an API key."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("demo-uvicorn") / "server.log"
+    env = {"DISTILWAVE_BUNDLE": str(smoke_bundle), "DISTILWAVE_API_KEY": API_KEY}
+    with server(uvicorn_command(port), env, log, port) as (_, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium through chromedriver, with a fresh profile and a fake microphone."""
+    reason = _install_chromium()
+    if reason is not None:
+        pytest.skip(f"no Chromium for the demo page test: {reason}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for argument in [*CHROMIUM_ARGS, f"--user-data-dir={profile}"]:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+PLAYABLE = """
+const audio = document.getElementById(arguments[0]);
+return audio.src.startsWith("blob:") && audio.readyState >= 1 && audio.duration > 0
+  ? audio.duration : 0;
+"""
+# Distinct colours in a canvas: a drawn spectrogram has hundreds, a blank canvas one.
+COLOURS = """
+const canvas = document.getElementById(arguments[0]);
+if (canvas.dataset.rendered !== "true") return 0;
+const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+const seen = new Set();
+for (let i = 0; i < data.length; i += 28) {
+  seen.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+}
+return seen.size;
+"""
+UNLABELLED = """
+return [...document.querySelectorAll("input, select, textarea")]
+  .filter((field) => field.type !== "hidden" && field.labels.length === 0)
+  .map((field) => field.id || field.name);
+"""
+
+
+def text(driver: Any, element_id: str) -> str:
+    return str(driver.execute_script(f"return document.getElementById('{element_id}').innerText"))
+
+
+def history_rows(driver: Any) -> int:
+    return int(driver.execute_script("return document.getElementById('history-rows').rows.length"))
+
+
+def not_audio(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.wav"  # an audio name, but text inside
+    path.write_text("these are meeting notes, not audio\n" * 20)
+    return path
+
+
+@pytest.mark.slow
+def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
+    browser, demo_server, speech, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    driver.get(f"{demo_server}/")
+
+    # Without the key the card cannot load: the page says so in plain words.
+    error = wait_for(lambda: text(driver, "error"), "the missing-key error")
+    assert "needs an API key" in error and "401 invalid_api_key" in error
+    assert driver.find_element(By.ID, "error").get_attribute("role") == "alert"
+    assert driver.execute_script(UNLABELLED) == []
+
+    # Keyboard: the first Tab reaches the skip link, the next the key field; Enter connects.
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.get_attribute("class") == "skip"
+    driver.switch_to.active_element.send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.get_attribute("id") == "api-key"
+    driver.switch_to.active_element.send_keys(API_KEY, Keys.ENTER)
+    wait_for(lambda: "8,000 Hz" in text(driver, "model-summary"), "the model summary")
+    assert text(driver, "error") == ""
+    card = text(driver, "card")
+    assert "Evaluation metrics" in card and "pesq" in card and "parameters" in card
+    assert driver.find_element(By.ID, "generate-button").get_attribute("disabled") is not None
+
+    # Upload a real clip: both players get a playable source, both spectrograms are drawn.
+    clip = FIXTURE_CORPUS / "hello-world.wav"
+    driver.find_element(By.ID, "audio-file").send_keys(str(clip))
+    driver.find_element(By.ID, "seed").send_keys("7")
+    driver.find_element(By.ID, "resynth-button").click()
+    seconds = soundfile.info(clip).duration
+    for player in ("original-audio", "output-audio"):
+        duration = wait_for(lambda p=player: driver.execute_script(PLAYABLE, p), player)
+        assert duration == pytest.approx(seconds, abs=0.02), player
+    for canvas in ("original-spectrogram", "output-spectrogram"):
+        assert wait_for(lambda c=canvas: driver.execute_script(COLOURS, c), canvas) > 50
+        assert "Spectrogram of the" in driver.find_element(By.ID, canvas).get_attribute(
+            "aria-label"
+        )
+    # The server's timing, and the real-time factor from it.
+    generation = float(text(driver, "stat-generation").removesuffix(" s"))
+    audio = float(text(driver, "stat-audio").removesuffix(" s"))
+    rtf = float(text(driver, "stat-rtf").split()[0])
+    assert generation > 0 and audio == pytest.approx(seconds, abs=0.01)
+    assert rtf == pytest.approx(generation / audio, rel=0.05, abs=1e-3)
+    assert text(driver, "stat-seed") == "7" and history_rows(driver) == 1
+    assert "real-time factor" in text(driver, "status")
+
+    # Record from the (fake) microphone: stop, and the recording is resynthesized.
+    record = driver.find_element(By.ID, "record-button")
+    record.click()
+    wait_for(lambda: record.get_attribute("aria-pressed") == "true", "recording to start")
+    time.sleep(1.0)
+    record.click()
+    wait_for(lambda: history_rows(driver) == 2, "the recording's resynthesis")
+    assert "recording" in text(driver, "original-caption")
+    assert wait_for(lambda: driver.execute_script(PLAYABLE, "output-audio"), "recording output")
+
+    screenshot = tmp_path / "distilwave-demo.png"
+    _full_page_screenshot(driver, screenshot)
+
+    # A file that is not audio: the server's 422 comes back in plain words.
+    driver.find_element(By.ID, "audio-file").send_keys(str(not_audio(tmp_path)))
+    driver.find_element(By.ID, "resynth-button").click()
+    error = wait_for(lambda: text(driver, "error"), "the unsupported-format error")
+    assert "not audio the server can read" in error and "undecodable_audio" in error
+    assert history_rows(driver) == 2
+    _full_page_screenshot(driver, tmp_path / "distilwave-demo-error.png")
+    shutil.copyfile(screenshot, SCREENSHOT_COPY)
+    print(f"\ndemo page screenshots: {screenshot} (copied to {SCREENSHOT_COPY})")  # noqa: T201
+
+
+def _full_page_screenshot(driver: Any, path: Path) -> None:
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(1280, min(max(height, 800), 4000))
+    assert driver.save_screenshot(str(path)), path
