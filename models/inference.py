@@ -18,7 +18,9 @@ pass). What changes is only how the WaveNet flows are evaluated:
   layer's left context carried, so activations stay in cache and memory does not grow with
   the clip length.
 
-The gain and FIR synthesis flows are the module's own code. References: Paine et al., "Fast
+The gain and FIR synthesis flows are the module's own code. Every product has at least
+``MIN_ROWS`` rows, so a clip's samples are bitwise the same alone or in a batch (with oneDNN
+off, as the service runs), and a stream in multiples of ``chunk`` is bitwise ``generate``. References: Paine et al., "Fast
 Wavenet Generation Algorithm" (2016) for the carried context; WaveGlow's ``WN`` for the
 per-layer conditioning projection.
 """
@@ -39,6 +41,7 @@ from models.student import IAFStudent
 from models.wavenet import WaveNet
 
 DEFAULT_CHUNK = 1000
+MIN_ROWS = 16  # BLAS results of a row depend on the row count below about 12 rows
 
 
 @dataclass
@@ -171,6 +174,19 @@ def _fold(conditioner: WaveNetConditioner, frame_channels: int) -> _Flow:
     )
 
 
+def _project(frames: Tensor, weight: Tensor) -> Tensor:
+    """``(M, B, C) @ (C, N)``, padded to at least ``MIN_ROWS`` rows.
+
+    BLAS picks other kernels for a handful of rows, and their last bits differ: with enough
+    rows a row's result never depends on how many others (other requests) share the product.
+    """
+    frames_count, batch, channels = frames.shape
+    rows = frames.reshape(frames_count * batch, channels)
+    if rows.shape[0] < MIN_ROWS:
+        rows = torch.cat([rows, rows.new_zeros(MIN_ROWS - rows.shape[0], channels)])
+    return (rows @ weight)[: frames_count * batch].reshape(frames_count, batch, -1)
+
+
 class InferenceStudent:
     """The student's inference path, optimised for CPU; same results as ``IAFStudent``.
 
@@ -272,7 +288,7 @@ class InferenceStudent:
                 if context.frames is None:
                     raise ValueError("this student is conditional: the context needs frames")
                 frames = context.frames.to(flow.cond_weight.dtype).permute(2, 0, 1)  # (M, B, C)
-                state.projected = torch.matmul(frames, flow.cond_weight)  # (M, B, L G)
+                state.projected = _project(frames, flow.cond_weight)  # (M, B, L G)
             if flow.source_weight is not None and context.source is None:
                 raise ValueError("this student reads the pitch source: the context has none")
             if flow.input_weight.shape[0] > 1:
@@ -317,23 +333,14 @@ class InferenceStudent:
                 pre = cond[:, index * gate : (index + 1) * gate]
             else:
                 pre = flow.constant[index * gate : (index + 1) * gate].expand(rows, -1).clone()
-            history = state.histories[index]
+            # rows of time t - lag: the carried history, then this chunk (one copy, so every
+            # product has the chunk's row count and a row's bits never depend on the batch)
+            joined = torch.cat([state.histories[index], residual])  # ((span + n) B, R)
             span = layer.span
             for lag, weight in zip(layer.lags, layer.taps, strict=True):
-                if lag == 0:
-                    pre.addmm_(residual, weight)
-                    continue
-                # rows of time t - lag: the carried history first, then this chunk
-                early = min(lag, steps) * batch
                 start = (span - lag) * batch
-                pre[:early].addmm_(history[start : start + early], weight)
-                if lag < steps:
-                    pre[lag * batch :].addmm_(residual[: rows - lag * batch], weight)
-            if span:
-                if steps >= span:
-                    state.histories[index] = residual[rows - span * batch :].clone()
-                else:
-                    state.histories[index] = torch.cat([history[rows:], residual])
+                pre.addmm_(residual if lag == 0 else joined[start : start + rows], weight)
+            state.histories[index] = joined[rows:]
             activated = pre.sigmoid_()
             half = gate // 2
             gated = activated[:, :half].sub_(0.5).mul_(activated[:, half:])  # gate / 2

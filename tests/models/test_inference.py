@@ -81,3 +81,50 @@ def test_float32_bundle_matches_module_within_float_tolerance(tmp_path):
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
     torch.testing.assert_close(streamed, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _cpu8k_like(tmp_path) -> IAFStudent:
+    mel = MelConfig(sample_rate=8000, n_fft=256, hop_length=50, n_mels=20)
+    config = StudentConfig(
+        flows=2,
+        wavenet=WaveNetConfig(
+            layers=4, cycle=4, residual_channels=16, gate_channels=32, skip_channels=16
+        ),
+        upsampler=UpsamplerConfig(channels=8),
+    )
+    student = randomise(IAFStudent(config, mel), seed=5, std=0.1)
+    return load_bundle(save_bundle(tmp_path / "bundle", student)).student
+
+
+def test_a_clip_in_a_batch_equals_the_clip_alone_bitwise(tmp_path):
+    """What the service's exact batching needs (oneDNN off, as the service runs)."""
+    student = _cpu8k_like(tmp_path)
+    fast = InferenceStudent(student, chunk=200)
+    features = torch.randn(3, 20, 13) * 0.5
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        with torch.inference_mode():
+            batch = student.context(mel=features)
+            noise = torch.randn(batch.batch, batch.num_samples)
+            together = fast.generate(batch, noise=noise)
+            for index in range(3):
+                alone = fast.generate(
+                    student.context(mel=features[index : index + 1]),
+                    noise=noise[index : index + 1],
+                )
+                assert torch.equal(together[index], alone[0])
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+def test_stream_in_multiples_of_the_chunk_equals_generate_bitwise(tmp_path):
+    student = _cpu8k_like(tmp_path)
+    fast = InferenceStudent(student, chunk=200)
+    features = torch.randn(2, 20, 13) * 0.5
+    with torch.inference_mode():
+        context = student.context(mel=features)
+        noise = torch.randn(context.batch, context.num_samples)
+        whole = fast.generate(context, noise=noise)
+        streamed = torch.cat(list(fast.stream(context, noise, 400)), dim=1)
+    assert torch.equal(streamed, whole)
