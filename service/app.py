@@ -2,6 +2,9 @@
 
     DISTILWAVE_BUNDLE=artifacts/bundle uvicorn service.app:create_app --factory
 
+A demo page for people is at ``/`` (``service/static/``, open without the API key; it asks
+for the key and calls only the public ``/v1`` API).
+
 Start-up (``lifespan``): load the bundle (weight norm is folded in the bundle), set torch's
 thread counts, start the inference thread, which runs a real warm-up generation and only
 then makes ``/readyz`` answer 200. Shut-down on SIGTERM: readiness goes 503 and new

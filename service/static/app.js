@@ -95,6 +95,7 @@ function showError(error) {
     detail.textContent = `Server said ${error.detail}`;
     box.append(" ", detail);
   }
+  box.scrollIntoView({ block: "nearest" });
   setStatus("");
 }
 
@@ -229,15 +230,24 @@ function renderCard(card) {
   }
   container.append(list);
   if (card.metrics) {
-    container.append(element("h3", "Evaluation metrics"));
+    container.append(
+      element("h3", "Evaluation metrics"),
+      element("p", "From the bundle's evaluation on held-out clips. Lower is better for lsd_db, "
+        + "mcd_db and mr_stft; higher for pesq and stoi; x_real_time is speed (above 1 is "
+        + "faster than real time).", "hint"),
+    );
     for (const [group, values] of Object.entries(card.metrics)) {
       container.append(isPlain(values) ? table(values, group) : table({ [group]: values }));
     }
   } else {
     container.append(element("p", "This bundle's card has no evaluation metrics.", "hint"));
   }
-  if (card.training) {
-    container.append(element("h3", "Training data"), table(card.training));
+  // The bundle's full card may describe its data apart from the training run; the card's
+  // `training` is the run, or else that same data (then shown once).
+  const data = isPlain(card.card.data) ? card.card.data : null;
+  if (data) container.append(element("h3", "Training data"), table(data));
+  if (card.training && JSON.stringify(card.training) !== JSON.stringify(data)) {
+    container.append(element("h3", data ? "Training run" : "Training"), table(card.training));
   }
 }
 
@@ -250,6 +260,7 @@ function enableForms(card) {
 
 function configureForms(card) {
   const conditional = card.architecture.conditional;
+  $("original-clip").hidden = !conditional;
   $("duration").max = card.limits.max_duration_s;
   $("duration").min = card.hop_length / card.sample_rate;
   $("resynth-note").textContent = conditional
@@ -351,6 +362,7 @@ async function generate() {
   });
   const output = await response.blob();
   const roundTrip = (performance.now() - started) / 1000;
+  $("original-clip").hidden = true; // generated from noise: nothing to compare with
   $("output-title").textContent = "Generated";
   play("output", output);
   const summary = recordTiming(`generation, ${body.duration_s} s`, response, roundTrip);

@@ -9,6 +9,7 @@ at /tmp/distilwave-demo.png (printed; run with ``-s`` to see the path).
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -21,7 +22,9 @@ from typing import Any
 import pytest
 import soundfile
 
-from tests.service.conftest import running, settings_for
+from models.bundle import save_bundle
+from models.config import SourceFilterConfig
+from tests.service.conftest import SPEAKERS, running, settings_for, tiny_student
 from tests.service.test_server import free_port, server, uvicorn_command
 from tests.training.pipeline.support import (
     EVALUATION_SET,
@@ -37,6 +40,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 API_KEY = "demo-page-key"
 SCREENSHOT_COPY = Path("/tmp/distilwave-demo.png")
+INSTALL_TIMEOUT_S = 1200  # apt-get, once per machine, paid by the first browser test
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -82,14 +86,16 @@ def _install_chromium() -> str | None:
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         return "no /usr/bin/chromium + chromedriver, and no root apt-get to install them"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
-    ):
+    lock_wait = ["-o", "DPkg::Lock::Timeout=120"]  # another apt-get may be running
+    steps = (
+        (["apt-get", "update", "-q", *lock_wait], 300),
+        (["apt-get", "install", "-y", "-q", *lock_wait, "chromium", "chromium-driver"], 900),
+    )
+    for command, timeout in steps:
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return f"{' '.join(command)} took over 900 s"
+            return f"{' '.join(command)} took over {timeout} s"
         if done.returncode != 0:
             return f"{' '.join(command)} failed: {tail(done.stderr or done.stdout, 5)}"
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
@@ -122,6 +128,20 @@ def demo_server(smoke_bundle: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
+def speakers_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """uvicorn on loopback serving a tiny unconditional three-speaker bundle, no API key."""
+    root = tmp_path_factory.mktemp("demo-speakers")
+    student = tiny_student(
+        4, conditional=False, n_speakers=3, source_filter=SourceFilterConfig(enabled=False)
+    )
+    bundle = save_bundle(root / "bundle", student, speakers=SPEAKERS, card={"name": "speakers"})
+    port = free_port()
+    env = {"DISTILWAVE_BUNDLE": str(bundle)}
+    with server(uvicorn_command(port), env, root / "server.log", port) as (_, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Headless Chromium through chromedriver, with a fresh profile and a fake microphone."""
     reason = _install_chromium()
@@ -135,6 +155,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     profile = tmp_path_factory.mktemp("chromium-profile")
     for argument in [*CHROMIUM_ARGS, f"--user-data-dir={profile}"]:
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for failures
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(30)
     try:
@@ -143,15 +164,23 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+def wait_for(check: Callable[[], Any], what: str, driver: Any = None, timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and, given the
+    driver, what the page's status and error lines and the browser's console said."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            page = ""
+            if driver is not None:
+                console = [entry["message"] for entry in driver.get_log("browser")]
+                page = (
+                    f"\nstatus: {text(driver, 'status')!r}\nerror: {text(driver, 'error')!r}"
+                    f"\nconsole: {console}"
+                )
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{page}")
         time.sleep(0.1)
 
 
@@ -193,6 +222,7 @@ def not_audio(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
 def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     browser, demo_server, speech, tmp_path
 ):
@@ -203,7 +233,7 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     driver.get(f"{demo_server}/")
 
     # Without the key the card cannot load: the page says so in plain words.
-    error = wait_for(lambda: text(driver, "error"), "the missing-key error")
+    error = wait_for(lambda: text(driver, "error"), "the missing-key error", driver)
     assert "needs an API key" in error and "401 invalid_api_key" in error
     assert driver.find_element(By.ID, "error").get_attribute("role") == "alert"
     assert driver.execute_script(UNLABELLED) == []
@@ -215,7 +245,7 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     driver.switch_to.active_element.send_keys(Keys.TAB)
     assert driver.switch_to.active_element.get_attribute("id") == "api-key"
     driver.switch_to.active_element.send_keys(API_KEY, Keys.ENTER)
-    wait_for(lambda: "8,000 Hz" in text(driver, "model-summary"), "the model summary")
+    wait_for(lambda: "8,000 Hz" in text(driver, "model-summary"), "the model summary", driver)
     assert text(driver, "error") == ""
     card = text(driver, "card")
     assert "Evaluation metrics" in card and "pesq" in card and "parameters" in card
@@ -228,10 +258,10 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     driver.find_element(By.ID, "resynth-button").click()
     seconds = soundfile.info(clip).duration
     for player in ("original-audio", "output-audio"):
-        duration = wait_for(lambda p=player: driver.execute_script(PLAYABLE, p), player)
+        duration = wait_for(lambda p=player: driver.execute_script(PLAYABLE, p), player, driver)
         assert duration == pytest.approx(seconds, abs=0.02), player
     for canvas in ("original-spectrogram", "output-spectrogram"):
-        assert wait_for(lambda c=canvas: driver.execute_script(COLOURS, c), canvas) > 50
+        assert wait_for(lambda c=canvas: driver.execute_script(COLOURS, c), canvas, driver) > 50
         assert "Spectrogram of the" in driver.find_element(By.ID, canvas).get_attribute(
             "aria-label"
         )
@@ -244,31 +274,79 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     assert text(driver, "stat-seed") == "7" and history_rows(driver) == 1
     assert "real-time factor" in text(driver, "status")
 
+    screenshot = tmp_path / "distilwave-demo.png"
+    full_page_screenshot(driver, screenshot)
+
     # Record from the (fake) microphone: stop, and the recording is resynthesized.
     record = driver.find_element(By.ID, "record-button")
     record.click()
-    wait_for(lambda: record.get_attribute("aria-pressed") == "true", "recording to start")
+    wait_for(lambda: record.get_attribute("aria-pressed") == "true", "recording to start", driver)
     time.sleep(1.0)
     record.click()
-    wait_for(lambda: history_rows(driver) == 2, "the recording's resynthesis")
+    wait_for(lambda: history_rows(driver) == 2, "the recording's resynthesis", driver)
     assert "recording" in text(driver, "original-caption")
-    assert wait_for(lambda: driver.execute_script(PLAYABLE, "output-audio"), "recording output")
-
-    screenshot = tmp_path / "distilwave-demo.png"
-    _full_page_screenshot(driver, screenshot)
+    assert wait_for(
+        lambda: driver.execute_script(PLAYABLE, "output-audio"), "recording output", driver
+    )
 
     # A file that is not audio: the server's 422 comes back in plain words.
     driver.find_element(By.ID, "audio-file").send_keys(str(not_audio(tmp_path)))
     driver.find_element(By.ID, "resynth-button").click()
-    error = wait_for(lambda: text(driver, "error"), "the unsupported-format error")
+    error = wait_for(lambda: text(driver, "error"), "the unsupported-format error", driver)
     assert "not audio the server can read" in error and "undecodable_audio" in error
     assert history_rows(driver) == 2
-    _full_page_screenshot(driver, tmp_path / "distilwave-demo-error.png")
+    full_page_screenshot(driver, tmp_path / "distilwave-demo-error.png")
     shutil.copyfile(screenshot, SCREENSHOT_COPY)
     print(f"\ndemo page screenshots: {screenshot} (copied to {SCREENSHOT_COPY})")  # noqa: T201
 
 
-def _full_page_screenshot(driver: Any, path: Path) -> None:
-    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(1280, min(max(height, 800), 4000))
-    assert driver.save_screenshot(str(path)), path
+@pytest.mark.slow
+@pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
+def test_demo_page_in_chromium_generates_with_a_speaker_from_an_unconditional_bundle(
+    browser, speakers_server, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    driver.get(f"{speakers_server}/")
+    wait_for(lambda: "unconditional" in text(driver, "model-summary"), "the model summary", driver)
+    assert driver.find_element(By.ID, "resynth-button").get_attribute("disabled") is not None
+    assert not driver.find_element(By.ID, "original-clip").is_displayed()
+    speaker = driver.find_element(By.ID, "speaker")
+    assert speaker.is_displayed() and speaker.get_attribute("value") == SPEAKERS[0]
+
+    for field, value in (("duration", "1.5"), ("temperature", "0.5"), ("seed", "11")):
+        driver.find_element(By.ID, field).clear()
+        driver.find_element(By.ID, field).send_keys(value)
+    speaker.clear()
+    speaker.send_keys(SPEAKERS[1])
+    driver.find_element(By.ID, "duration").send_keys(Keys.ENTER)  # submits the Generate form
+    duration = wait_for(
+        lambda: driver.execute_script(PLAYABLE, "output-audio"), "the output", driver
+    )
+    assert duration == pytest.approx(1.5, abs=0.01)
+    assert wait_for(
+        lambda: driver.execute_script(COLOURS, "output-spectrogram"), "spectrogram", driver
+    )
+    assert text(driver, "output-title") == "Generated"
+    assert text(driver, "stat-audio") == "1.50 s" and text(driver, "stat-seed") == "11"
+    full_page_screenshot(driver, tmp_path / "distilwave-demo-generate.png")
+
+    # A speaker the model does not have: the server's 422, in words that say what to change.
+    speaker.clear()
+    speaker.send_keys("dave")
+    driver.find_element(By.ID, "generate-button").click()
+    error = wait_for(lambda: text(driver, "error"), "the unknown-speaker error", driver)
+    assert error.startswith("Choose a speaker") and "bob" in error
+    assert history_rows(driver) == 1
+
+
+def full_page_screenshot(driver: Any, path: Path) -> None:
+    """The whole page, not only the window (Chromium's DevTools protocol)."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
