@@ -3,15 +3,17 @@
 // POST /v1/audio/generate), plays the audio, draws spectrograms, reports timings and errors.
 
 const $ = (id) => document.getElementById(id);
+const { element, megabytes } = ModelCard;
 const state = { card: null, recorder: null, requests: 0, urls: {} };
 
 // ---- Talking to the API ------------------------------------------------------------------
 
 /** An API failure already put in plain words (`message`), with the server's own (`detail`). */
 class PlainError extends Error {
-  constructor(message, detail = "") {
+  constructor(message, detail = "", retryAfter = null) {
     super(message);
     this.detail = detail;
+    this.retryAfter = retryAfter; // seconds, from a 503's Retry-After
   }
 }
 
@@ -36,13 +38,10 @@ async function api(path, init = {}) {
       // not our JSON envelope (a proxy's page, say): the status alone must do
     }
     const detail = `${response.status}${error.code ? ` ${error.code}` : ""}: ${error.message || response.statusText}`;
-    throw new PlainError(plainWords(response.status, error, response.headers.get("Retry-After"), key), detail);
+    const retryAfter = response.status === 503 ? Number(response.headers.get("Retry-After")) || 1 : null;
+    throw new PlainError(plainWords(response.status, error, retryAfter, key), detail, retryAfter);
   }
   return response;
-}
-
-function megabytes(bytes) {
-  return `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MB`;
 }
 
 /** What an error envelope means for the person using the page. */
@@ -57,7 +56,7 @@ function plainWords(status, error, retryAfter, key) {
   }
   if (code === "audio_too_long") {
     const most = limits ? ` at most ${limits.max_upload_s} s` : " a shorter clip";
-    return `That recording is too long: this server accepts${most}. Trim it and try again.`;
+    return `That audio is too long: this server accepts${most}. Trim it and try again.`;
   }
   if (status === 413) {
     const most = limits ? ` (at most ${megabytes(limits.max_body_bytes)})` : "";
@@ -70,6 +69,9 @@ function plainWords(status, error, retryAfter, key) {
   if (status === 503) {
     if (code === "loading") return `The model is still loading. Try again ${wait}.`;
     if (code === "draining") return `The server is shutting down. Try again ${wait}.`;
+    if (code === "model_failed" || code === "not_running") {
+      return "The model failed to start on the server; it needs a restart by whoever runs it.";
+    }
     return `The server is busy (overloaded). Try again ${wait}.`;
   }
   if (status === 400) return error.message || "The server could not use this request.";
@@ -92,7 +94,7 @@ function showError(error) {
   if (error.detail) {
     const detail = document.createElement("span");
     detail.className = "detail";
-    detail.textContent = `Server said ${error.detail}`;
+    detail.textContent = `Details: ${error.detail}`;
     box.append(" ", detail);
   }
   box.scrollIntoView({ block: "nearest" });
@@ -107,15 +109,17 @@ function setStatus(text) {
 async function run(label, action) {
   showError(null);
   setStatus(`${label}…`);
-  document.body.setAttribute("aria-busy", "true");
+  $("results").setAttribute("aria-busy", "true");
   document.querySelectorAll("#try button").forEach((button) => { button.disabled = true; });
   try {
     await action();
+    return null;
   } catch (error) {
     showError(error instanceof PlainError ? error : new PlainError(`Unexpected problem: ${error.message}`));
     console.error(error);
+    return error;
   } finally {
-    document.body.removeAttribute("aria-busy");
+    $("results").removeAttribute("aria-busy");
     enableForms(state.card);
   }
 }
@@ -126,136 +130,18 @@ async function loadCard() {
   const response = await api("/v1/models");
   const card = (await response.json()).data[0];
   state.card = card;
-  renderCard(card);
+  $("model-summary").textContent = ModelCard.summary(card);
+  ModelCard.render(card, $("card"));
   configureForms(card);
   setStatus(`Connected to ${card.id}.`);
 }
 
-function formatValue(value) {
-  if (typeof value === "number") {
-    if (Number.isInteger(value)) return value.toLocaleString("en");
-    return Math.abs(value) >= 1000 ? value.toFixed(0) : String(Number(value.toPrecision(3)));
-  }
-  if (Array.isArray(value)) return value.map(formatValue).join(", ");
-  if (value === null || value === undefined) return "–";
-  return String(value);
-}
-
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined) node.textContent = text;
-  if (className) node.className = className;
-  return node;
-}
-
-/** Rows of [path, leaf] for a nested object. */
-function flatten(value, path = [], rows = []) {
-  if (value && typeof value === "object" && !Array.isArray(value)) {
-    for (const [key, inner] of Object.entries(value)) flatten(inner, [...path, key], rows);
-  } else {
-    rows.push([path.join(" › "), value]);
-  }
-  return rows;
-}
-
-const isPlain = (value) => value && typeof value === "object" && !Array.isArray(value);
-
-/** A table of an object: systems x metrics when every value is a flat object, else key/value. */
-function table(object, caption) {
-  const table = element("table");
-  if (caption) table.append(element("caption", caption));
-  const rows = Object.values(object);
-  if (rows.length && rows.every((row) => isPlain(row) && !Object.values(row).some(isPlain))) {
-    const columns = [...new Set(rows.flatMap(Object.keys))];
-    const head = table.createTHead().insertRow();
-    head.append(element("th", ""), ...columns.map((c) => element("th", c)));
-    head.querySelectorAll("th").forEach((th) => th.setAttribute("scope", "col"));
-    const body = table.createTBody();
-    for (const [name, row] of Object.entries(object)) {
-      const tr = body.insertRow();
-      const th = element("th", name);
-      th.setAttribute("scope", "row");
-      tr.append(th, ...columns.map((c) => element("td", formatValue(row[c]), "number")));
-    }
-    return table;
-  }
-  const body = table.createTBody();
-  for (const [path, value] of flatten(object)) {
-    const tr = body.insertRow();
-    const th = element("th", path);
-    th.setAttribute("scope", "row");
-    const td = element("td");
-    if (typeof value === "string" && value.length > 120) {
-      const details = element("details");
-      details.append(element("summary", `${value.slice(0, 60).split("\n")[0]}…`), element("pre", value));
-      td.append(details);
-    } else {
-      td.textContent = formatValue(value);
-      if (typeof value === "number") td.className = "number";
-    }
-    tr.append(th, td);
-  }
-  return table;
-}
-
-function renderCard(card) {
-  const arch = card.architecture;
-  const kind = arch.conditional ? "conditional (audio or mel in)" : "unconditional (noise in)";
-  $("model-summary").textContent = `${card.id} · ${card.sample_rate.toLocaleString("en")} Hz · `
-    + `${formatValue(arch.parameters)} parameters · ${kind}`;
-  const facts = {
-    model: `${card.id} (version ${card.version})`,
-    "sample rate": `${card.sample_rate} Hz`,
-    "hop length": `${card.hop_length} samples`,
-    "mel bands": card.n_mels,
-    parameters: arch.parameters,
-    "size (float32)": megabytes(arch.parameters * 4),
-    architecture: `${arch.flows} IAF flows × ${arch.layers_per_flow} WaveNet layers, `
-      + `${arch.residual_channels} residual channels, receptive field ${arch.receptive_field} samples`,
-    "source-filter": arch.source_filter ? "yes" : "no",
-    input: kind,
-    speakers: card.speakers.length ? card.speakers : "one",
-    "default temperature": card.default_temperature,
-    licence: card.license || card.card.licence || "not stated",
-    limits: `uploads up to ${card.limits.max_upload_s} s and ${megabytes(card.limits.max_body_bytes)}, `
-      + `generation up to ${card.limits.max_duration_s} s`,
-  };
-  const container = $("card");
-  container.replaceChildren();
-  const list = element("dl", undefined, "facts");
-  for (const [name, value] of Object.entries(facts)) {
-    const row = element("div");
-    row.append(element("dt", name), element("dd", formatValue(value)));
-    list.append(row);
-  }
-  container.append(list);
-  if (card.metrics) {
-    container.append(
-      element("h3", "Evaluation metrics"),
-      element("p", "From the bundle's evaluation on held-out clips. Lower is better for lsd_db, "
-        + "mcd_db and mr_stft; higher for pesq and stoi; x_real_time is speed (above 1 is "
-        + "faster than real time).", "hint"),
-    );
-    for (const [group, values] of Object.entries(card.metrics)) {
-      container.append(isPlain(values) ? table(values, group) : table({ [group]: values }));
-    }
-  } else {
-    container.append(element("p", "This bundle's card has no evaluation metrics.", "hint"));
-  }
-  // The bundle's full card may describe its data apart from the training run; the card's
-  // `training` is the run, or else that same data (then shown once).
-  const data = isPlain(card.card.data) ? card.card.data : null;
-  if (data) container.append(element("h3", "Training data"), table(data));
-  if (card.training && JSON.stringify(card.training) !== JSON.stringify(data)) {
-    container.append(element("h3", data ? "Training run" : "Training"), table(card.training));
-  }
-}
-
-/** Resynthesis for conditional models, generation for unconditional ones (all before a card). */
+/** Resynthesis for conditional models, generation for unconditional ones; neither before
+ * the card has loaded (nothing could work yet: wrong key, or the model still loading). */
 function enableForms(card) {
   const conditional = card ? card.architecture.conditional : null;
-  for (const id of ["resynth-button", "record-button", "audio-file"]) $(id).disabled = conditional === false;
-  for (const id of ["generate-button", "duration"]) $(id).disabled = conditional === true;
+  for (const id of ["resynth-button", "record-button", "audio-file"]) $(id).disabled = conditional !== true;
+  for (const id of ["generate-button", "duration"]) $(id).disabled = conditional !== false;
 }
 
 function configureForms(card) {
@@ -412,26 +298,40 @@ async function toggleRecording() {
     stream.getTracks().forEach((track) => track.stop());
     state.recorder = null;
     button.textContent = "Record from microphone";
-    button.setAttribute("aria-pressed", "false");
+    delete button.dataset.recording;
     run("Resynthesizing the recording", async () => {
       const rate = state.card.sample_rate;
-      const samples = await Spectrogram.decode(await new Blob(chunks).arrayBuffer(), rate);
+      let samples;
+      try {
+        samples = await Spectrogram.decode(await new Blob(chunks).arrayBuffer(), rate);
+      } catch (error) {
+        throw new PlainError("The recording came out empty or unreadable. Try recording again.", String(error));
+      }
       await resynthesize(wavFile(samples, rate, "recording.wav"));
     });
   };
   recorder.start();
   state.recorder = recorder;
   button.textContent = "Stop recording";
-  button.setAttribute("aria-pressed", "true");
+  button.dataset.recording = "true";
   showError(null);
   setStatus("Recording… press Stop recording when done.");
 }
 
 // ---- Wiring ------------------------------------------------------------------------------
 
+/** Load the card; while the model is loading (503), try again when the server says to. */
+async function connect(attempts = 20) {
+  const error = await run("Connecting", loadCard);
+  if (error instanceof PlainError && error.retryAfter && attempts > 1) {
+    setStatus(`This page tries again in ${error.retryAfter} s.`);
+    setTimeout(() => connect(attempts - 1), error.retryAfter * 1000);
+  }
+}
+
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
-  run("Connecting", loadCard);
+  connect();
 });
 $("resynth-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -448,4 +348,4 @@ $("generate-form").addEventListener("submit", (event) => {
   run("Generating", generate);
 });
 $("record-button").addEventListener("click", toggleRecording);
-run("Connecting", loadCard);
+connect();

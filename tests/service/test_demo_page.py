@@ -58,7 +58,12 @@ async def test_page_and_static_files_are_open_while_v1_needs_the_key(bundles):
     async with running(settings) as (client, _):
         page = await client.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        for asset in ("/static/app.js", "/static/spectrogram.js", "/static/style.css"):
+        for asset in (
+            "/static/app.js",
+            "/static/card.js",
+            "/static/spectrogram.js",
+            "/static/style.css",
+        ):
             assert (await client.get(asset)).status_code == 200, asset
             assert asset in page.text
         assert (await client.get("/v1/models")).status_code == 401
@@ -237,6 +242,7 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     assert "needs an API key" in error and "401 invalid_api_key" in error
     assert driver.find_element(By.ID, "error").get_attribute("role") == "alert"
     assert driver.execute_script(UNLABELLED) == []
+    assert driver.find_element(By.ID, "resynth-button").get_attribute("disabled") is not None
 
     # Keyboard: the first Tab reaches the skip link, the next the key field; Enter connects.
     body = driver.find_element(By.TAG_NAME, "body")
@@ -250,6 +256,7 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     card = text(driver, "card")
     assert "Evaluation metrics" in card and "pesq" in card and "parameters" in card
     assert driver.find_element(By.ID, "generate-button").get_attribute("disabled") is not None
+    assert driver.find_element(By.ID, "resynth-button").get_attribute("disabled") is None
 
     # Upload a real clip: both players get a playable source, both spectrograms are drawn.
     clip = FIXTURE_CORPUS / "hello-world.wav"
@@ -280,7 +287,7 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     # Record from the (fake) microphone: stop, and the recording is resynthesized.
     record = driver.find_element(By.ID, "record-button")
     record.click()
-    wait_for(lambda: record.get_attribute("aria-pressed") == "true", "recording to start", driver)
+    wait_for(lambda: record.text == "Stop recording", "recording to start", driver)
     time.sleep(1.0)
     record.click()
     wait_for(lambda: history_rows(driver) == 2, "the recording's resynthesis", driver)
