@@ -180,7 +180,8 @@ def make_context(
         rate = front_end.config.sample_rate
         track = estimate_pitch(mel, front_end.config, pitch, front_end.filterbank)
         source = periodic_source(track, hop, steps, rate, pitch)
-        lag = pitch_lag(track, hop, steps, rate) if pitch.lag_input else None
+        minimum = 2.0 + pitch.lag_taps // 2
+        lag = pitch_lag(track, hop, steps, rate, minimum) if pitch.lag_input else None
     return Context(
         batch=batch,
         num_samples=steps,

@@ -132,6 +132,7 @@ class PitchConfig(StrictModel):
 
     enabled: bool = False
     lag_input: bool = True
+    lag_taps: int = Field(1, ge=1, le=9, description="odd: inputs v_{t-P+k}, |k| <= taps // 2")
     f0_min: float = Field(50.0, gt=0)
     f0_max: float = Field(500.0, gt=0)
     bins_per_octave: int = Field(48, ge=4, le=192)
@@ -148,7 +149,15 @@ class PitchConfig(StrictModel):
     def _check(self) -> Self:
         if self.f0_min >= self.f0_max:
             raise ValueError("pitch.f0_min must be below pitch.f0_max")
+        if self.lag_taps % 2 == 0:
+            raise ValueError("pitch.lag_taps must be odd (taps centred on one period back)")
         return self
+
+    @property
+    def lag_offsets(self) -> list[int]:
+        """Offsets ``k`` of the lagged inputs ``v_{t-P+k}``."""
+        half = self.lag_taps // 2
+        return list(range(-half, half + 1))
 
 
 class TeacherConfig(StrictModel):

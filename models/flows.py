@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from models.conditioning import Context, interpolate_frames, sample_conditioning
 from models.config import WaveNetConfig
 from models.lpc import per_sample, time_varying_fir
-from models.pitch import history_length, lagged, lagged_value
+from models.pitch import history_length, lagged_taps, lagged_value_taps
 from models.transforms import delay, soft_bound
 from models.wavenet import WaveNet, WaveNetQueues, WaveNetStream
 
@@ -154,8 +154,8 @@ class AffineAutoregressive(nn.Module):
 class WaveNetConditioner(ARConditioner):
     """A student flow's conditioner: WaveNet over ``v_<t`` -> mean, soft-bounded log-scale.
 
-    Inputs are ``v_{t-1}`` and, with ``lag_input``, ``v_{t-P_t}`` one pitch period back
-    (``P_t >= 2`` from the context, so still strictly the past). The head starts at zero,
+    Inputs are ``v_{t-1}`` and, with ``lag_input``, ``v_{t-P_t+k}`` around one pitch period
+    back (``P_t - k >= 2`` from the context, so still strictly the past). The head starts at zero,
     so the flow starts as the identity.
     """
 
@@ -165,9 +165,11 @@ class WaveNetConditioner(ARConditioner):
         cond_channels: int,
         log_scale_bound: float,
         lag_input: bool = False,
+        lag_offsets: list[int] | None = None,
     ) -> None:
         super().__init__()
-        in_channels = 2 if lag_input else 1
+        self.lag_offsets = (lag_offsets or [0]) if lag_input else []
+        in_channels = 1 + len(self.lag_offsets)
         self.net = WaveNet(config, in_channels, out_channels=2, cond_channels=cond_channels)
         self.log_scale_bound = log_scale_bound
         self.lag_input = lag_input
@@ -186,7 +188,8 @@ class WaveNetConditioner(ARConditioner):
                 stream.lag_history = v.new_zeros(v.shape[0], history_length(context.lag))
             history = stream.lag_history
             stream.lag_history = torch.cat([history, v], dim=1)[:, -history.shape[1] :]
-        return torch.cat([inputs, lagged(v, lag, t0, history)[:, None]], dim=1)  # (B, 2, T)
+        taps = lagged_taps(v, lag, self.lag_offsets, t0, history)  # (B, taps, T)
+        return torch.cat([inputs, taps], dim=1)  # (B, 1 + taps, T)
 
     def forward(
         self, v: Tensor, context: Context, stream: Stream | None = None
@@ -221,11 +224,13 @@ class _QueuedFlow:
     def next(self) -> tuple[Tensor, Tensor]:
         t = self.t
         previous = self.values[:, t - 1] if t > 0 else self.values.new_zeros(self.context.batch)
-        inputs = [previous]
+        inputs = previous[:, None]
         if self.conditioner.lag_input:
             assert self.context.lag is not None
-            inputs.append(lagged_value(self.values, t, self.context.lag[:, t]))
-        mean, raw = self.runner(torch.stack(inputs, dim=-1)).unbind(-1)  # (B, 2) -> 2 x (B,)
+            lag = self.context.lag[:, t]
+            taps = lagged_value_taps(self.values, t, lag, self.conditioner.lag_offsets)
+            inputs = torch.cat([inputs, taps], dim=-1)
+        mean, raw = self.runner(inputs).unbind(-1)  # (B, 2) -> 2 x (B,)
         return mean, soft_bound(raw, self.conditioner.log_scale_bound)
 
     def push(self, value: Tensor) -> None:

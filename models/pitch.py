@@ -194,8 +194,10 @@ def periodic_source(
     )
 
 
-def pitch_lag(track: PitchTrack, hop: int, num_samples: int, sample_rate: int) -> Tensor:
-    """Pitch period in samples at every sample ``(B, T)`` (>= 2 for any F0 below sr / 2)."""
+def pitch_lag(
+    track: PitchTrack, hop: int, num_samples: int, sample_rate: int, minimum: float = 2.0
+) -> Tensor:
+    """Pitch period in samples at every sample ``(B, T)``, at least ``minimum`` (>= 2)."""
     f0 = track.f0
     frames = f0.shape[1]
     t = torch.arange(num_samples, device=f0.device)
@@ -203,7 +205,7 @@ def pitch_lag(track: PitchTrack, hop: int, num_samples: int, sample_rate: int) -
     right = (left + 1).clamp_max(frames - 1)
     weight = ((t % hop).to(f0.dtype) / hop)[None]
     period = sample_rate / torch.lerp(f0[:, left], f0[:, right], weight)
-    return period.clamp_min(2.0)
+    return period.clamp_min(max(minimum, 2.0))
 
 
 def lagged(sequence: Tensor, lag: Tensor, t0: int = 0, history: Tensor | None = None) -> Tensor:
@@ -254,3 +256,18 @@ def lagged_value(history: Tensor, t: int, lag: Tensor) -> Tensor:
 def history_length(lag: Tensor) -> int:
     """Samples of history a stream must carry to evaluate ``lagged`` exactly."""
     return int(torch.ceil(lag.max()).item()) + 2 if lag.numel() else 2
+
+
+def lagged_taps(
+    sequence: Tensor, lag: Tensor, offsets: list[int], t0: int = 0, history: Tensor | None = None
+) -> Tensor:
+    """``sequence_{t - lag_t + k}`` for every ``k`` in ``offsets``: ``(B, len(offsets), T)``.
+
+    ``lag - max(offsets)`` must stay >= 2 (``pitch_lag``'s minimum), so every tap is past.
+    """
+    return torch.stack([lagged(sequence, lag - k, t0, history) for k in offsets], dim=1)
+
+
+def lagged_value_taps(history: Tensor, t: int, lag: Tensor, offsets: list[int]) -> Tensor:
+    """One step of ``lagged_taps``: ``(B, len(offsets))``."""
+    return torch.stack([lagged_value(history, t, lag - k) for k in offsets], dim=-1)

@@ -81,7 +81,11 @@ class IAFStudent(nn.Module):
         steps += [
             AffineAutoregressive(
                 WaveNetConditioner(
-                    config.wavenet, cond_channels, config.log_scale_bound, lag_input
+                    config.wavenet,
+                    cond_channels,
+                    config.log_scale_bound,
+                    lag_input,
+                    config.pitch.lag_offsets,
                 ),
                 "iaf",
             )

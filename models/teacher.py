@@ -31,7 +31,7 @@ from models.flows import (
 )
 from models.lpc import per_sample, time_varying_fir
 from models.mel import MelFrontEnd, check_finite
-from models.pitch import lagged, lagged_value
+from models.pitch import lagged_taps, lagged_value_taps
 from models.transforms import delay, gaussian_log_prob, soft_floor
 from models.wavenet import WaveNet
 
@@ -42,7 +42,8 @@ class TeacherConditioner(ARConditioner):
     def __init__(self, config: TeacherConfig, cond_channels: int) -> None:
         super().__init__()
         self.lag_input = config.pitch.enabled and config.pitch.lag_input
-        in_channels = 3 if self.lag_input else 2
+        self.lag_offsets = config.pitch.lag_offsets if self.lag_input else []
+        in_channels = 2 + len(self.lag_offsets)
         self.net = WaveNet(
             config.wavenet, in_channels=in_channels, out_channels=2, cond_channels=cond_channels
         )
@@ -75,8 +76,9 @@ class TeacherConditioner(ARConditioner):
         if self.lag_input:
             if context.lag is None:
                 raise ValueError("this teacher reads pitch-lagged inputs: the context has no pitch")
-            past_period = lagged(excitation, context.lag[:, :steps])[:, None]  # eps_{t - P_t}
-            features = torch.cat([features, past_period], dim=1)  # (B, 3, T)
+            lag = context.lag[:, :steps]
+            past_period = lagged_taps(excitation, lag, self.lag_offsets)  # eps_{t-P_t+k}
+            features = torch.cat([features, past_period], dim=1)  # (B, 2 + taps, T)
         cond = sample_conditioning(context, 0, steps)
         mean_net, log_scale_net = self.net(features, cond).unbind(1)  # (B, 2, T) -> 2 x (B, T)
         raw = log_scale_net if log_gain is None else log_gain + log_scale_net
@@ -110,8 +112,11 @@ class _QueuedTeacher:
         inputs = self.features
         if self.conditioner.lag_input:
             assert self.context.lag is not None
-            past = lagged_value(self.excitations, self.t, self.context.lag[:, self.t])
-            inputs = torch.cat([inputs, past[:, None]], dim=-1)
+            lag = self.context.lag[:, self.t]
+            offsets = self.conditioner.lag_offsets
+            inputs = torch.cat(
+                [inputs, lagged_value_taps(self.excitations, self.t, lag, offsets)], -1
+            )
         mean_net, log_scale_net = self.runner(inputs).unbind(-1)
         sf = self.conditioner.source_filter
         floor = self.conditioner.log_scale_floor
