@@ -168,12 +168,13 @@ def check(server: subprocess.Popen[bytes], base: str, port: int, started: float)
     log(f"POST /v1/audio/resynthesize (0.5 s at 16 kHz): 200, {samples} samples at {wav_rate} Hz")
 
     _, _, metrics = request(f"{base}/metrics")
-    wanted = [
-        line
-        for line in metrics.decode().splitlines()
-        if "request" in line and not line.startswith("#")
+    lines = metrics.decode().splitlines()
+    counted = [
+        line for line in lines if line.startswith("http_requests_total") and "vocode" in line
     ]
-    log(f"/metrics: {len(metrics)} bytes, e.g. {wanted[0] if wanted else '(no request metrics)'}")
+    if not counted:
+        fail("/metrics does not count the vocode request")
+    log(f"/metrics: {len(lines)} lines, e.g. {counted[0]}")
     return drain(server, base, rate, hop, n_mels)
 
 
