@@ -14,6 +14,7 @@ from models.config import MelConfig, PitchConfig, StudentConfig, TeacherConfig
 from models.mel import MelFrontEnd
 from models.pitch import (
     PitchTrack,
+    band_limited_pulses,
     estimate_pitch,
     history_length,
     lagged,
@@ -114,9 +115,11 @@ def test_periodic_source_shape_and_silence_when_unvoiced():
     f0 = torch.full((2, 4), 150.0, dtype=torch.float64)
     unvoiced = PitchTrack(f0=f0, salience=torch.full_like(f0, -100.0))
     source = periodic_source(unvoiced, hop=8, num_samples=24, sample_rate=8000, config=config)
-    assert source.shape == (2, source_channels(config), 24)
+    assert source.channels.shape == (2, source_channels(config), 24)
+    assert source.pulses.shape == (2, 24)
+    assert source.voicing.shape == (2, 4)
     # Every channel but the last (log-F0) is scaled by the voicing, here ~0.
-    assert float(source[:, :-1].abs().max()) < 1e-30
+    assert float(source.channels[:, :-1].abs().max()) < 1e-30
 
 
 def test_periodic_source_first_harmonic_has_the_pitch_period():
@@ -124,8 +127,30 @@ def test_periodic_source_first_harmonic_has_the_pitch_period():
     f0 = torch.full((1, 11), 200.0, dtype=torch.float64)  # a period of 40 samples at 8 kHz
     track = PitchTrack(f0=f0, salience=torch.full_like(f0, 100.0))
     source = periodic_source(track, hop=40, num_samples=400, sample_rate=8000, config=config)
-    sine = source[0, 0]
+    sine = source.channels[0, 0]
     torch.testing.assert_close(sine[40:], sine[:-40], rtol=0, atol=1e-9)
+    pulses = source.pulses[0]
+    torch.testing.assert_close(pulses[40:], pulses[:-40], rtol=0, atol=1e-6)
+    peaks = torch.nonzero(pulses > 0.5 * float(pulses.max()))[:, 0]
+    assert len(peaks) == 10 and bool((peaks % 40 == peaks[0] % 40).all())  # one per period
+
+
+def test_band_limited_pulses_have_unit_power_and_no_harmonic_above_nyquist():
+    rate, f0 = 8000, 230.0
+    phase = torch.remainder(
+        2 * math.pi * f0 * torch.arange(1, 8001, dtype=torch.float64) / rate, 2 * math.pi
+    )
+    pulses = band_limited_pulses(phase, torch.full_like(phase, f0), rate)
+    assert abs(float(pulses.square().mean()) - 1.0) < 1e-2
+    spectrum = torch.fft.rfft(pulses).abs()
+    harmonics = int(rate / 2 // f0)
+    bins = torch.arange(1, harmonics + 1) * int(f0)  # 1 Hz bins over one second
+    assert float(spectrum[bins].min()) > 0.5 * float(spectrum[bins].max())
+    others = torch.ones_like(spectrum, dtype=torch.bool)
+    others[bins] = False
+    others[0] = False
+    # an aliased harmonic above Nyquist would land between the harmonics
+    assert float(spectrum[others].max()) < 1e-6 * float(spectrum.max())
 
 
 def test_voicing_is_a_logistic_around_the_threshold():
