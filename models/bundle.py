@@ -120,6 +120,13 @@ def save_bundle(
             _write_json(staging / "card.json", card)
         if readme is not None:
             (staging / "README.md").write_text(readme, encoding="utf-8")
+        # mkdtemp makes a private (0700) directory: give the bundle the usual umask modes so a
+        # service running as another user (a container) can read it
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        for path in staging.iterdir():
+            os.chmod(path, 0o666 & ~umask)
         _fsync_dir(staging)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
