@@ -243,7 +243,7 @@ def _naive_teacher(
     runs: int,
 ) -> dict[str, Any]:
     """Fit ``time(n) = a n + b n^2`` (per clip) to the naive sampler on two short clips."""
-    lengths, seconds, runs = ([hop, 2 * hop] if runs == 1 else [2 * hop, 4 * hop]), [], min(runs, 2)
+    lengths, seconds, runs = [hop, 2 * hop], [], 1  # minutes per run on a loaded machine
     for steps in lengths:
         mel = mels(student, audio, steps / student.sample_rate, batch)
 
@@ -251,7 +251,7 @@ def _naive_teacher(
             return teacher.sample(teacher.context(mel=m), cached=False)
 
         with torch.inference_mode():
-            seconds.append(timed(naive, runs, warmup=min(runs - 1, 1))["seconds"])
+            seconds.append(timed(naive, runs, warmup=0)["seconds"])  # O(T^2): no warm-up
     (n1, n2), (t1, t2) = lengths, seconds
     b = max((t2 / n2 - t1 / n1) / (n2 - n1), 0.0)  # time/n = a + b n
     a = max(t1 / n1 - b * n1, 0.0)
@@ -330,6 +330,30 @@ def matmul_peak(size: int = 2048, runs: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     seconds = timed(lambda: torch.matmul(a, b), runs)["seconds"]
     return 2 * size**3 / seconds / 1e9
+
+
+def thread_counts(models: Models, audio: np.ndarray, seconds: float, runs: int) -> list[dict]:
+    """Student (batch 1) and matmul peak at 1 thread and at every core, same run."""
+    fast, counts = models.fast, sorted({1, os.cpu_count() or 1})
+    mel = mels(models.student, audio, seconds, 1)
+    previous, rows = torch.get_num_threads(), []
+    try:
+        for threads in counts:
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                result = timed(lambda: fast.generate(fast.context(mel=mel)), runs)
+            rate = (mel.shape[-1] - 1) * models.student.hop_length / result["seconds"]
+            rows.append(
+                {
+                    "threads": threads,
+                    "samples_per_second": rate,
+                    "x_real_time": rate / models.student.sample_rate,
+                    "matmul_peak_gflops": matmul_peak(),
+                }
+            )
+    finally:
+        torch.set_num_threads(previous)
+    return rows
 
 
 def limit(models: Models, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -520,6 +544,7 @@ def bench_command(
             )
         if "limit" in chosen:
             report["limit"] = limit(models, report["generation"]["rows"])
+            report["limit"]["threads"] = thread_counts(models, audio, durations[-1], runs)
         if "scaling" in chosen:
             report["scaling"] = scaling(models, audio, scale, runs)
         if "training" in chosen:

@@ -92,6 +92,11 @@ def _limit(section: dict[str, Any]) -> list[str]:
             f"| batch {row['batch']}, {row['audio_seconds']:g} s | {row['gflops']:.1f} | "
             f"{100 * row['fraction_of_peak']:.0f}% |"
         )
+    threads = section.get("threads", [])
+    if threads:
+        lines += ["", "| threads | student, batch 1 | matmul peak (GFLOP/s) |", "|---|---|---|"]
+        for row in threads:
+            lines.append(f"| {row['threads']} | {_rate(row)} | {row['matmul_peak_gflops']:.1f} |")
     return lines
 
 
