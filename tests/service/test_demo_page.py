@@ -26,15 +26,7 @@ from models.bundle import save_bundle
 from models.config import SourceFilterConfig
 from tests.service.conftest import SPEAKERS, running, settings_for, tiny_student
 from tests.service.test_server import free_port, server, uvicorn_command
-from tests.training.pipeline.support import (
-    EVALUATION_SET,
-    FIXTURE_CORPUS,
-    STUDENT_SET,
-    TEACHER_SET,
-    run_cli,
-    sets,
-    tail,
-)
+from tests.training.pipeline.support import FIXTURE_CORPUS, SmokeRun, tail
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -109,17 +101,12 @@ def _install_chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def smoke_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real bundle: ``distilwave pipeline --preset smoke`` on the speech fixtures (with the
-    pipeline tests' overrides, which only shorten validation and evaluation)."""
-    run = tmp_path_factory.mktemp("demo-smoke") / "run"
-    process = run_cli(
-        "pipeline", "--preset", "smoke", "--source", FIXTURE_CORPUS, "--run-dir", run,
-        "--device", "cpu", *sets(TEACHER_SET + STUDENT_SET + EVALUATION_SET),
-    )  # fmt: skip
-    if process.returncode != 0:
-        pytest.fail(f"the smoke pipeline failed:\n{tail(process.stderr)}")
-    return run / "bundle"
+def smoke_bundle(smoke_pipeline: SmokeRun) -> Path:
+    """A real bundle: the session's ``distilwave pipeline --preset smoke`` run on the speech
+    fixtures (tests/conftest.py; shared with the pipeline tests)."""
+    if smoke_pipeline.process.returncode != 0:
+        pytest.fail(f"the smoke pipeline failed:\n{tail(smoke_pipeline.process.stderr)}")
+    return smoke_pipeline.bundle
 
 
 @pytest.fixture(scope="module")

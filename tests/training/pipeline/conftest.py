@@ -1,76 +1,23 @@
 """One smoke pipeline run (real CLI, real training) shared by every offline-pipeline test.
 
-The session fixture runs ``distilwave pipeline --preset smoke`` once on the committed fixture
-corpus; tests reuse its prepared corpus, teacher and student runs, evaluation and bundle, and
-copy a run before changing it. Cheap CLI calls (errors, export, generate, short training
-jobs) go through ``training.cli.main`` in the test process: the same code a console script
-runs, without paying a fresh interpreter's torch import (seconds on 2 busy cores) each time.
+The session fixture ``smoke_pipeline`` (in tests/conftest.py, so the service's demo-page test
+shares it, also across pytest-xdist workers) runs ``distilwave pipeline --preset smoke`` once
+on the committed fixture corpus; tests reuse its prepared corpus, teacher and student runs,
+evaluation and bundle, and copy a run before changing it. Cheap CLI calls (errors, export,
+generate, short training jobs) go through ``training.cli.main`` in the test process: the same
+code a console script runs, without paying a fresh interpreter's torch import each time.
 """
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.training.pipeline.support import (
-    EVALUATION_SET,
-    FIXTURE_CORPUS,
-    STUDENT_SET,
-    TEACHER_SET,
-    run_cli,
-    sets,
-    tail,
-)
+from tests.training.pipeline.support import SmokeRun, tail
 from training.cli import main
-
-
-@dataclass(frozen=True)
-class SmokeRun:
-    root: Path
-    process: subprocess.CompletedProcess[str]
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "teacher"
-
-    @property
-    def student(self) -> Path:
-        return self.root / "student"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def bundle(self) -> Path:
-        return self.root / "bundle"
-
-
-@pytest.fixture(scope="session")
-def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
-    """``distilwave pipeline --preset smoke`` on the fixture corpus, run once (not checked)."""
-    root = tmp_path_factory.mktemp("smoke") / "run"
-    process = run_cli(
-        "pipeline",
-        "--preset",
-        "smoke",
-        "--source",
-        FIXTURE_CORPUS,
-        "--run-dir",
-        root,
-        "--device",
-        "cpu",
-        *sets(TEACHER_SET + STUDENT_SET + EVALUATION_SET),
-    )
-    return SmokeRun(root, process)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,29 @@ def find_utterance(data_dir: Path, mel_segment: torch.Tensor) -> str:
             if torch.equal(mel[:, start : start + frames], mel_segment):
                 return str(row["id"])
     raise LookupError("segment not found in any utterance")
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    root: Path
+    process: subprocess.CompletedProcess[str]
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    @property
+    def student(self) -> Path:
+        return self.root / "student"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"

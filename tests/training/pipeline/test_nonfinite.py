@@ -112,8 +112,8 @@ def test_too_many_nonfinite_losses_in_a_row_stop_with_the_last_good_checkpoint_i
     )
     assert result.code == 1
     assert result.error_lines == [
-        "distilwave: error: 3 non-finite batches, losses or gradients in a row at step 6: stopping; the "
-        f"last good checkpoint is {step_file(run_dir, 6)}"
+        "distilwave: error: 3 non-finite batches, losses or gradients in a row at step 6: "
+        f"stopping; the last good checkpoint is {step_file(run_dir, 6)}"
     ]
     assert step_files(run_dir) == ["step-00000003.pt", "step-00000006.pt"]
     assert step_file(run_dir, 6).read_bytes() == good
@@ -130,7 +130,7 @@ def test_nonfinite_losses_from_the_first_step_stop_saying_there_is_no_checkpoint
     )
     assert result.code == 1
     assert result.error_lines == [
-        "distilwave: error: 2 non-finite batches, losses or gradients in a row at step 0: stopping; "
-        "no checkpoint yet"
+        "distilwave: error: 2 non-finite batches, losses or gradients in a row at step 0: "
+        "stopping; no checkpoint yet"
     ]
     assert step_files(run_dir) == []
