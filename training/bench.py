@@ -15,6 +15,7 @@ compares figures of the same run):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -169,15 +170,21 @@ def generation(
     durations: list[float],
     runs: int,
     quality_seconds: float = 4.0,
+    teacher_threads: int = 1,
 ) -> dict[str, Any]:
-    """Samples/s of every generator from the same mel; ratios within the run."""
+    """Samples/s of every generator from the same mel; ratios within the run.
+
+    The teacher samples with ``teacher_threads`` (default 1: its sequential steps are tiny
+    products that extra threads only slow down, badly so on a busy machine); 0 = as the rest.
+    """
     from training.metrics import griffin_lim
 
     student, fast, teacher = models.student, models.fast, models.teacher
     rate, hop = student.sample_rate, student.hop_length
     rows = []
     for batch in batches:
-        naive = _naive_teacher(teacher, student, audio, batch, hop, runs)
+        with _threads(teacher_threads):
+            naive = _naive_teacher(teacher, student, audio, batch, hop, runs)
         for seconds in durations:
             mel = mels(student, audio, seconds, batch)
             samples = batch * (mel.shape[-1] - 1) * hop
@@ -202,12 +209,15 @@ def generation(
                     "griffin_lim_32": timed(griffin, runs),
                 }
                 teacher_runs = max(1, runs if seconds * batch <= 2 else 1)
-                results["teacher_cached"] = timed(cached, teacher_runs, warmup=0)
+                with _threads(teacher_threads):
+                    results["teacher_cached"] = timed(cached, teacher_runs, warmup=0)
+            results["teacher_cached"]["threads"] = teacher_threads or torch.get_num_threads()
             results["teacher_naive"] = {
                 "seconds": naive["a"] * samples / batch + naive["b"] * (samples / batch) ** 2,
                 "extrapolated": True,
                 "measured_samples": naive["measured_samples"],
                 "runs": naive["runs"],
+                "threads": teacher_threads or torch.get_num_threads(),
             }
             for entry in results.values():
                 entry["samples_per_second"] = samples / entry["seconds"]
@@ -232,6 +242,18 @@ def generation(
             )
             rows.append(row)
     return {"rows": rows, "quality": _quality(models, audio, quality_seconds)}
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Run a block with ``count`` intra-op threads (0: unchanged)."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _naive_teacher(
@@ -506,6 +528,9 @@ def bench_command(
     ] = False,
     chunk: Annotated[int, typer.Option("--chunk", help="InferenceStudent chunk")] = 1000,
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads (0: all)")] = 0,
+    teacher_threads: Annotated[
+        int, typer.Option("--teacher-threads", help="threads for teacher sampling (0: --threads)")
+    ] = 1,
 ) -> None:
     """Benchmark student, teacher and Griffin-Lim side by side; write JSON, print a table.
 
@@ -540,7 +565,7 @@ def bench_command(
         if "generation" in chosen or "limit" in chosen:
             batches = [1, 2] if quick else [1, 8]
             report["generation"] = generation(
-                models, audio, batches, durations, runs, 0.5 if quick else 4.0
+                models, audio, batches, durations, runs, 0.5 if quick else 4.0, teacher_threads
             )
         if "limit" in chosen:
             report["limit"] = limit(models, report["generation"]["rows"])

@@ -55,12 +55,18 @@ def _generation(section: dict[str, Any]) -> list[str]:
     ]:
         lines.append(f"| {label} | " + " | ".join(_ratio(r[key]) for r in rows) + " |")
     naive = rows[0]["teacher_naive"]["measured_samples"]
+    teacher_threads = rows[0]["teacher_cached"].get("threads")
     lines += [
         "",
         f"\\* the naive teacher recomputes the whole prefix for every sample (O(T²)); it was "
         f"timed on {naive[0]}- and {naive[1]}-sample clips and extrapolated with "
         "time = a·T + b·T².",
     ]
+    if teacher_threads is not None:
+        lines.append(
+            f"The teacher samples with {teacher_threads} thread(s) (its steps are tiny products "
+            "that more threads only slow down); everything else with the threads above."
+        )
     quality = section.get("quality")
     if quality:
         note = "" if quality["trained"] else " (untrained models: not a quality figure)"
