@@ -14,15 +14,15 @@ pass). What changes is only how the WaveNet flows are evaluated:
   are folded into the weights once, so a layer is ``addmm_`` for the taps, one ``sigmoid_``
   and two in-place products for the gate, and one ``addmm_`` that accumulates residual and
   skip in place;
-* **chunks.** The clip is processed ``chunk`` samples at a time through all flows with each
-  layer's left context carried, so activations stay in cache and memory does not grow with
-  the clip length.
+* **chunks.** The batch is processed about ``chunk`` rows (samples x batch) at a time through
+  all flows with each layer's left context carried, so activations stay in cache and memory
+  does not grow with the clip length.
 
 The gain and FIR synthesis flows are the module's own code. Every product has at least
 ``MIN_ROWS`` rows, so a clip's samples are bitwise the same alone or in a batch (with oneDNN
-off, as the service runs), and a stream in multiples of ``chunk`` is bitwise ``generate``. References: Paine et al., "Fast
-Wavenet Generation Algorithm" (2016) for the carried context; WaveGlow's ``WN`` for the
-per-layer conditioning projection.
+off, as the service runs) and whatever the internal chunk, and a stream in whole hops is
+bitwise ``generate``. References: Paine et al., "Fast Wavenet Generation Algorithm" (2016) for
+the carried context; WaveGlow's ``WN`` for the per-layer conditioning projection.
 """
 
 from __future__ import annotations
@@ -192,7 +192,8 @@ class InferenceStudent:
 
     Args:
         student: a student in eval mode (weight norm folded, as ``load_bundle`` gives it).
-        chunk: samples per internal chunk (cache blocking; any value gives the same result).
+        chunk: rows (samples x batch) per internal chunk, for cache blocking; every value
+            gives bitwise the same result.
     """
 
     def __init__(self, student: IAFStudent, chunk: int = DEFAULT_CHUNK) -> None:
@@ -248,8 +249,8 @@ class InferenceStudent:
         self.student._check_noise(noise, context)
         states = self._start(context)
         parts = [
-            self._wavenet_flows(noise[:, t0 : t0 + self.chunk], context, states, t0)
-            for t0 in range(0, context.num_samples, self.chunk)
+            self._wavenet_flows(noise[:, t0:t1], context, states, t0)
+            for t0, t1 in self._pieces(0, context.num_samples, context.batch)
         ]
         value = torch.cat(parts, dim=1) if parts else noise.clone()
         for flow in self.tail:
@@ -267,8 +268,8 @@ class InferenceStudent:
         for start in range(0, context.num_samples, chunk):
             stop = min(start + chunk, context.num_samples)
             parts = [
-                self._wavenet_flows(noise[:, t0 : min(t0 + self.chunk, stop)], context, states, t0)
-                for t0 in range(start, stop, self.chunk)
+                self._wavenet_flows(noise[:, t0:t1], context, states, t0)
+                for t0, t1 in self._pieces(start, stop, context.batch)
             ]
             value = torch.cat(parts, dim=1)
             for flow, state in zip(self.tail, tails, strict=True):
@@ -276,6 +277,15 @@ class InferenceStudent:
             yield value
 
     # ------------------------------------------------------------------------ internals
+    def _pieces(self, start: int, stop: int, batch: int) -> list[tuple[int, int]]:
+        """Sample ranges of about ``chunk`` rows (samples x batch), none under ``MIN_ROWS``
+        samples unless the whole range is (a row's bits never depend on the chunking)."""
+        step = max(MIN_ROWS, self.chunk // batch)
+        bounds = list(range(start, stop, step)) + [stop]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < MIN_ROWS:
+            del bounds[-2]  # fold a short tail into the piece before it
+        return list(zip(bounds[:-1], bounds[1:], strict=True))
+
     def _start(self, context: Context) -> list[_FlowState]:
         states = []
         batch = context.batch
