@@ -34,8 +34,8 @@ def multi_resolution_stft(
         convergence = convergence + torch.linalg.vector_norm(real - predicted) / (
             torch.linalg.vector_norm(real) + eps
         )
-        log_distance = log_distance + (
-            torch.log(real.clamp_min(eps)) - torch.log(predicted.clamp_min(eps))
-        ).abs().mean()
+        log_distance = (
+            log_distance
+            + (torch.log(real.clamp_min(eps)) - torch.log(predicted.clamp_min(eps))).abs().mean()
+        )
     return convergence / len(ffts), log_distance / len(ffts)
-
