@@ -449,7 +449,9 @@ def scaling(models: Models, audio: np.ndarray, durations: list[float], runs: int
 
 
 # ------------------------------------------------------------------------------ section 4
-def training(data: Path | None, teacher: Path | None, preset: str, steps: int) -> dict:
+def training(
+    data: Path | None, teacher: Path | None, preset: str, steps: int, timeout: float = 900.0
+) -> dict:
     """Training throughput with 1 process and 2 torchrun processes (subprocesses)."""
     data = data or _newest("*/data")
     if data is None or not (data / "prepared.json").is_file():
@@ -472,8 +474,14 @@ def training(data: Path | None, teacher: Path | None, preset: str, steps: int) -
                         sys.executable, "-m", "torch.distributed.run", "--standalone",
                         "--nproc-per-node", str(processes), "-m", "training.bench_train", *args,
                     ]  # fmt: skip
-                done = subprocess.run(command, env=env, capture_output=True, text=True)
                 key = f"{job}_{processes}proc"
+                try:
+                    done = subprocess.run(
+                        command, env=env, capture_output=True, text=True, timeout=timeout
+                    )
+                except subprocess.TimeoutExpired:
+                    results[key] = {"failed": f"timed out after {timeout:.0f} s"}
+                    continue
                 if done.returncode != 0 or not out.is_file():
                     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
                     results[key] = {"failed": " | ".join(tail)}
@@ -484,7 +492,9 @@ def training(data: Path | None, teacher: Path | None, preset: str, steps: int) -
 
 
 # ------------------------------------------------------------------------------ section 5
-def service(bundle: str, untrained: Path | None, seconds: float) -> dict[str, Any]:
+def service(
+    bundle: str, untrained: Path | None, seconds: float, timeout: float = 900.0
+) -> dict[str, Any]:
     """``python -m service.loadtest`` on the same bundle, if the service ships it."""
     try:
         import service.loadtest  # noqa: F401
@@ -495,7 +505,10 @@ def service(bundle: str, untrained: Path | None, seconds: float) -> dict[str, An
         out = Path(tmp) / "loadtest.json"
         command = [sys.executable, "-m", "service.loadtest", "--bundle", str(path)]
         command += ["--max-seconds", str(seconds), "--out", str(out)]
-        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"failed": f"timed out after {timeout:.0f} s"}
         if done.returncode != 0 or not out.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             return {"failed": " | ".join(tail)}
