@@ -36,7 +36,7 @@ from torch import Tensor
 
 from models.conditioning import Context
 from models.flows import Stream, WaveNetConditioner
-from models.pitch import history_length, lagged
+from models.pitch import history_length, lagged_taps
 from models.student import IAFStudent
 from models.wavenet import WaveNet
 
@@ -62,7 +62,7 @@ class _Layer:
 class _Flow:
     """A WaveNet flow as folded matrices."""
 
-    input_weight: Tensor  # (I, R): rows for v_{t-1} and, with pitch, v_{t-P}
+    input_weight: Tensor  # (I, R): rows for v_{t-1} and, with pitch, v_{t-P+k} per offset k
     cond_weight: Tensor | None  # (C, L G) for the frame features
     source_weight: Tensor | None  # (S, L G) for the per-sample pitch source channels
     constant: Tensor  # (L G,) every bias that lands in a layer's gate input
@@ -74,6 +74,7 @@ class _Flow:
     residual: int
     skip: int
     gate: int
+    lag_offsets: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -171,6 +172,7 @@ def _fold(conditioner: WaveNetConditioner, frame_channels: int) -> _Flow:
         residual=res,
         skip=skip,
         gate=gate,
+        lag_offsets=list(conditioner.lag_offsets),
     )
 
 
@@ -201,16 +203,17 @@ class InferenceStudent:
             raise ValueError("chunk must be positive")
         self.student = student
         self.chunk = chunk
-        steps = student.steps
-        count = student.config.flows
         with torch.no_grad():
             frame_channels = student.upsampler.out_channels
             self.flows = [
                 _fold(step.conditioner, frame_channels)  # type: ignore[arg-type]
-                for step in steps[:count]
+                for step in student.wavenet_steps
             ]
-        self.lag_input = any(flow.input_weight.shape[0] > 1 for flow in self.flows)
-        self.tail = steps[count:]  # gain and synthesis flows: the module's own code
+        self.lag_input = any(flow.lag_offsets for flow in self.flows)
+        # the mixed-excitation, gain and synthesis flows are per-sample arithmetic and one
+        # FIR: the module's own code
+        self.lead = student.leading_steps
+        self.tail = student.tail_steps
 
     # The module's conditioning and noise, unchanged.
     def context(
@@ -248,11 +251,14 @@ class InferenceStudent:
             noise = self.draw_noise(context, temperature, generator)
         self.student._check_noise(noise, context)
         states = self._start(context)
+        source = noise
+        for flow in self.lead:
+            source = flow(source, context).output
         parts = [
-            self._wavenet_flows(noise[:, t0:t1], context, states, t0)
+            self._wavenet_flows(source[:, t0:t1], context, states, t0)
             for t0, t1 in self._pieces(0, context.num_samples, context.batch)
         ]
-        value = torch.cat(parts, dim=1) if parts else noise.clone()
+        value = torch.cat(parts, dim=1) if parts else source.clone()
         for flow in self.tail:
             value = flow(value, context).output
         return value
@@ -264,11 +270,15 @@ class InferenceStudent:
             raise ValueError("chunk must be positive")
         self.student._check_noise(noise, context)
         states = self._start(context)
+        leads = [Stream() for _ in self.lead]
         tails = [Stream() for _ in self.tail]
         for start in range(0, context.num_samples, chunk):
             stop = min(start + chunk, context.num_samples)
+            source = noise[:, start:stop]
+            for flow, state in zip(self.lead, leads, strict=True):
+                source = flow(source, context, stream=state).output
             parts = [
-                self._wavenet_flows(noise[:, t0:t1], context, states, t0)
+                self._wavenet_flows(source[:, t0 - start : t1 - start], context, states, t0)
                 for t0, t1 in self._pieces(start, stop, context.batch)
             ]
             value = torch.cat(parts, dim=1)
@@ -331,7 +341,8 @@ class InferenceStudent:
         if flow.input_weight.shape[0] == 1:
             torch.outer(delayed, flow.input_weight[0], out=residual_and_skip[:, :res])
         else:
-            inputs = torch.stack([delayed, self._lagged(state, value, context, t0)], dim=1)
+            taps = self._lagged(flow, state, value, context, t0)  # (n B, taps)
+            inputs = torch.cat([delayed[:, None], taps], dim=1)
             torch.mm(inputs, flow.input_weight, out=residual_and_skip[:, :res])
         residual_and_skip[:, res:] = flow.skip_bias
         residual = residual_and_skip[:, :res]
@@ -368,16 +379,18 @@ class InferenceStudent:
         return result.reshape(steps, batch)
 
     @staticmethod
-    def _lagged(state: _FlowState, value: Tensor, context: Context, t0: int) -> Tensor:
-        """``v_{t - P_t}`` time-major ``(n B,)`` with the module's ``lagged`` and history."""
+    def _lagged(flow: _Flow, state: _FlowState, value: Tensor, context: Context, t0: int) -> Tensor:
+        """``v_{t - P_t + k}`` per offset, time-major ``(n B, taps)``, with the module's
+        ``lagged_taps`` and history."""
         assert context.lag is not None and state.lag_history is not None
         sequence = value.T  # (B, n)
         if state.lag_history.numel() == 0:
             state.lag_history = sequence.new_zeros(context.batch, history_length(context.lag))
         history = state.lag_history
-        result = lagged(sequence, context.lag[:, t0 : t0 + value.shape[0]], t0, history)
+        lag = context.lag[:, t0 : t0 + value.shape[0]]
+        taps = lagged_taps(sequence, lag, flow.lag_offsets, t0, history)  # (B, taps, n)
         state.lag_history = torch.cat([history, sequence], dim=1)[:, -history.shape[1] :]
-        return result.T.reshape(-1)
+        return taps.permute(2, 0, 1).reshape(-1, taps.shape[1])
 
     def _conditioning(
         self, flow: _Flow, state: _FlowState, context: Context, t0: int, steps: int

@@ -44,6 +44,7 @@ class Variant:
     source_filter: bool
     speakers: bool
     pitch: bool = False
+    excitation: bool = False  # the student's mixed-excitation flow, and 3 pitch-lag taps
 
     def __str__(self) -> str:
         return self.name
@@ -58,6 +59,14 @@ VARIANTS = [
     Variant("sf-spk", conditional=True, source_filter=True, speakers=True),
     Variant("pitch", conditional=True, source_filter=False, speakers=False, pitch=True),
     Variant("sf-pitch-spk", conditional=True, source_filter=True, speakers=True, pitch=True),
+    Variant(
+        "sf-pitch-mix",
+        conditional=True,
+        source_filter=True,
+        speakers=False,
+        pitch=True,
+        excitation=True,
+    ),
 ]
 VARIANT_IDS = [v.name for v in VARIANTS]
 SOURCE_FILTER_VARIANTS = [v for v in VARIANTS if v.source_filter]
@@ -83,7 +92,7 @@ def source_filter_config(enabled: bool, preemphasis: float = 0.9) -> SourceFilte
     return SourceFilterConfig(enabled=enabled, order=4, fir_taps=24, preemphasis=preemphasis)
 
 
-def pitch_config(enabled: bool) -> PitchConfig:
+def pitch_config(enabled: bool, lag_taps: int = 1) -> PitchConfig:
     """Pitch between 800 Hz and 2 kHz: periods of 4-10 samples, well inside a tiny clip, so the
     pitch-lagged inputs really read the clip (a speech range would only read the zeros
     before it)."""
@@ -95,6 +104,7 @@ def pitch_config(enabled: bool) -> PitchConfig:
         harmonics=3,
         max_harmonic_hz=3900.0,
         source_harmonics=2,
+        lag_taps=lag_taps,
     )
 
 
@@ -105,7 +115,7 @@ def teacher_config(
         wavenet=wavenet_config(kernel_size, weight_norm),
         upsampler=TINY_UPSAMPLER,
         source_filter=source_filter_config(variant.source_filter, preemphasis),
-        pitch=pitch_config(variant.pitch),
+        pitch=pitch_config(variant.pitch, 3 if variant.excitation else 1),
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
     )
@@ -119,9 +129,10 @@ def student_config(
         wavenet=wavenet_config(kernel_size, weight_norm),
         upsampler=TINY_UPSAMPLER,
         source_filter=source_filter_config(variant.source_filter),
-        pitch=pitch_config(variant.pitch),
+        pitch=pitch_config(variant.pitch, 3 if variant.excitation else 1),
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
+        mixed_excitation=variant.excitation,
     )
 
 

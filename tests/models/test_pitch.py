@@ -213,7 +213,7 @@ def test_pitch_lagged_input_reaches_beyond_the_direct_receptive_field(variant):
     student = make_student(variant)
     context = make_context(student, variant, frames=6)
     field = student.config.wavenet.receptive_field
-    flow = student.steps[0]
+    flow = student.wavenet_steps[0]
     u = random_signal(context, seed=4)  # B = 2: one clip may sit in a dead ReLU, not both
     perturbed = u.clone()
     source = 5

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from models.conditioning import interpolate_frames
+from models.config import StudentConfig
 from models.flows import QueuedWaveNet
 from models.student import IAFStudent
 from tests.models.helpers import (
@@ -63,8 +65,9 @@ def test_student_wavenet_and_synthesis_flows_depend_on_the_previous_input(
     student, context, u = _student_case(variant, kernel_size, batch=4)
     perturbed = u.clone()
     perturbed[:, position] += 1.0
-    # The gain flow has no autoregressive part; every other flow must read u_{t-1}.
-    flows = [flow for flow in student.steps if type(flow.conditioner).__name__ != "GainConditioner"]
+    # The gain and mixed-excitation flows depend on the conditioning only (no autoregressive
+    # part); every other flow must read u_{t-1}.
+    flows = student.wavenet_steps + student.tail_steps[1:]
     for index, flow in enumerate(flows):
         step, step_p = flow(u, context), flow(perturbed, context)
         assert (step.mean[:, position + 1] != step_p.mean[:, position + 1]).any(), f"flow {index}"
@@ -270,7 +273,7 @@ def test_fresh_student_flows_start_as_the_identity(variant):
     fresh = IAFStudent(make_student(variant).config, make_student(variant).mel_config).double()
     context = make_context(fresh, variant)
     u = random_signal(context, seed=14)
-    for flow in fresh.steps[: fresh.config.flows]:
+    for flow in fresh.wavenet_steps:
         assert torch.equal(flow(u, context).output, u)
 
 
@@ -285,7 +288,9 @@ def test_fresh_plain_student_scale_starts_at_init_log_scale():
     )
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.source_filter], ids=str)
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if v.source_filter and not v.excitation], ids=str
+)
 def test_fresh_source_filter_student_scale_starts_at_the_lpc_gain(variant):
     fresh = IAFStudent(make_student(variant).config, make_student(variant).mel_config).double()
     context = make_context(fresh, variant)
@@ -300,7 +305,7 @@ def test_student_flow_log_scales_stay_inside_their_bound_for_large_weights(varia
     context = make_context(student, variant)
     u = random_signal(context, seed=16, scale=10.0)
     bound = student.config.log_scale_bound
-    for flow in student.steps[: student.config.flows]:
+    for flow in student.wavenet_steps:
         log_scale = flow(u, context).log_scale.detach()
         assert float(log_scale.abs().max()) <= bound  # tanh saturates to 1.0
 
@@ -365,3 +370,44 @@ def test_student_rejects_a_negative_temperature():
     student, context, _ = _student_case(VARIANTS[0])
     with pytest.raises(ValueError, match="temperature"):
         student.generate(context, temperature=-0.1)
+
+
+EXCITATION_VARIANTS = [v for v in VARIANTS if v.excitation]
+
+
+@pytest.mark.parametrize("variant", EXCITATION_VARIANTS, ids=str)
+def test_fresh_mixed_excitation_is_voiced_pulses_plus_unvoiced_noise(variant):
+    # Untrained, the first flow maps z0 to sqrt(v) pulses + sqrt(1 - v (1 - floor)) z0 with
+    # the pitch tracker's voicing v, and the whole student's scale is that times the gain.
+    fresh = IAFStudent(make_student(variant).config, make_student(variant).mel_config).double()
+    context = make_context(fresh, variant)
+    noise = random_signal(context, seed=21, scale=1.0)
+    voiced = interpolate_frames(context.voicing[:, None], 0, context.num_samples, context.hop)[:, 0]
+    floor = fresh.config.excitation_noise_floor
+    expected = torch.sqrt(voiced) * context.pulses + torch.sqrt(1 - voiced * (1 - floor)) * noise
+    torch.testing.assert_close(fresh.leading_steps[0](noise, context).output, expected)
+    sample = fresh.sample(context, noise=noise)
+    gain = context.lpc.gain.repeat_interleave(context.hop, dim=1)
+    torch.testing.assert_close(
+        sample.log_scale, gain.log() + 0.5 * torch.log1p(-voiced * (1 - floor)), rtol=0, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("variant", EXCITATION_VARIANTS, ids=str)
+def test_mixed_excitation_ignores_its_input_history_and_learns_the_voicing(variant):
+    student, context, u = _student_case(variant, 2)
+    flow = student.leading_steps[0]
+    perturbed = u.clone()
+    perturbed[:, 5] += 1.0
+    step, step_p = flow(u, context), flow(perturbed, context)
+    assert torch.equal(step.mean, step_p.mean) and torch.equal(step.log_scale, step_p.log_scale)
+    # the learned voicing correction receives gradients through the whole sample
+    sample = student.sample(context, noise=u)
+    (sample.waveform.square().sum() + IAFStudent.log_prob_of_sample(sample).sum()).backward()
+    correction = flow.conditioner.correction
+    assert correction.weight.grad is not None and bool(correction.weight.grad.abs().sum() > 0)
+
+
+def test_mixed_excitation_needs_pitch():
+    with pytest.raises(ValueError, match="mixed_excitation needs pitch"):
+        StudentConfig(mixed_excitation=True)

@@ -134,7 +134,9 @@ def test_teacher_sample_is_seeded_by_its_generator(variant):
 @KERNELS
 def test_source_filter_teacher_with_a0_g1_rho0_equals_plain_teacher(variant, kernel_size):
     filtered = make_teacher(variant, kernel_size, preemphasis=0.0)
-    plain_variant = Variant("plain", variant.conditional, False, variant.speakers, variant.pitch)
+    plain_variant = Variant(
+        "plain", variant.conditional, False, variant.speakers, variant.pitch, variant.excitation
+    )
     plain = make_teacher(plain_variant, kernel_size)
     plain.load_state_dict(filtered.state_dict())
     context = make_context(filtered, variant)
