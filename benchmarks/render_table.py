@@ -1,6 +1,6 @@
 """Print the README "Performance" section rendered from a ``distilwave bench`` JSON.
 
-    python benchmarks/render_table.py [benchmarks/results/bench-....json]   (default: newest)
+python benchmarks/render_table.py [benchmarks/results/bench-....json]   (default: newest)
 """
 
 from __future__ import annotations
