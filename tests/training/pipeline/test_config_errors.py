@@ -111,3 +111,28 @@ def test_bad_device_is_a_one_line_error_before_any_work(command, device, expecte
     assert result.code == 2
     assert result.stderr.strip().splitlines() == [f"distilwave: error: {expected}"]
     assert not run.exists()
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_shipped_preset_validates_and_builds_its_models(name):
+    from models.student import IAFStudent
+    from models.teacher import GaussianWaveNet
+    from training.config import load_preset
+
+    preset = load_preset(name)
+    teacher = GaussianWaveNet(preset.teacher, preset.mel)
+    student = IAFStudent(preset.student, preset.mel)
+    assert sum(p.numel() for p in teacher.parameters()) > 0
+    assert len(student.steps) == preset.student.flows + 1 + int(
+        preset.student.mixed_excitation
+    ) + int(preset.student.source_filter.enabled)
+
+
+def test_default_presets_distil_the_pitch_model_they_are_documented_with():
+    from training.config import load_preset
+
+    for name in ("cpu-8k", "cpu-8k-long"):
+        preset = load_preset(name)
+        assert preset.teacher.pitch.enabled and preset.student.pitch.enabled
+        assert preset.student.mixed_excitation and preset.teacher.source_filter.enabled
+        assert preset.student.pitch == preset.teacher.pitch
