@@ -3,7 +3,8 @@
 Writes ``eval.json``, spectrogram comparisons (PNG), learning curves and audio files:
 teacher bits/sample next to an AR(32) baseline; the student's KL to the teacher (closed form
 and Monte Carlo, with standard errors) and the teacher's bits on student output; resynthesis
-quality of the student, Griffin-Lim and a noise-excited LPC vocoder; and generation speeds.
+quality of the student, Griffin-Lim, a noise-excited LPC vocoder and (pitch students) the
+student's own structure with no network; and generation speeds.
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def evaluate(
 
     rows: dict[str, list[dict[str, float]]] = {"student": [], "griffin_lim": [], "lpc_noise": []}
     seconds: dict[str, float] = {"student": 0.0, "griffin_lim": 0.0, "lpc_noise": 0.0}
+    # the student's own structure with every network at its zero start (pulses at the mel's
+    # pitch plus noise through the same gain and filter): what the networks must add to
+    structure = _untrained_structure(student)
+    if structure is not None:
+        rows["structure_only"], seconds["structure_only"] = [], 0.0
     closed, mc, student_bits_nll, student_samples = [], [], 0.0, 0
     audio_total = 0
     for index, item in enumerate(tqdm(items, desc="evaluate", dynamic_ncols=True)):
@@ -133,6 +139,10 @@ def evaluate(
         )
         seconds["lpc_noise"] += elapsed
         outputs = {"student": fake_np, "griffin_lim": gl, "lpc_noise": noise_voc}
+        if structure is not None:
+            plain, elapsed = _timed(lambda c=context, n=noise: structure.generate(c, noise=n))
+            seconds["structure_only"] += elapsed
+            outputs["structure_only"] = plain[0].numpy()
         for name, audio in outputs.items():
             rows[name].append(all_metrics(real, audio, rate))
         if index < 5:
@@ -149,6 +159,11 @@ def evaluate(
                     "student (IAF)": fake_np,
                     "Griffin-Lim": gl,
                     "LPC + noise": noise_voc,
+                    **(
+                        {"structure only (no network)": outputs["structure_only"]}
+                        if "structure_only" in outputs
+                        else {}
+                    ),
                 },
                 rate,
                 title=str(item["id"]),
@@ -202,6 +217,18 @@ def evaluate(
     atomic_write_json(out_dir / "eval.json", report)
     log.info("evaluation written to %s", out_dir / "eval.json")
     return report
+
+
+def _untrained_structure(student: IAFStudent) -> IAFStudent | None:
+    """A fresh student of the same configuration (every flow starts as the identity, the
+    voicing correction at zero) for students whose structure alone makes sound: pitch pulses
+    plus noise through the gain and synthesis filter. ``None`` for other students."""
+    if not student.config.mixed_excitation:
+        return None
+    param = next(student.parameters())
+    fresh = IAFStudent(student.config, student.mel_config).to(param.device, param.dtype)
+    fresh.upsampler.load_state_dict(student.upsampler.state_dict())
+    return fresh.eval()
 
 
 @torch.no_grad()
