@@ -3,8 +3,9 @@ unchanged by the others.
 
 Each request's ``Context`` is built alone (the upsampler's frame convolutions and linear
 prediction see only that request's mel), then padded to the longest request: frames
-``(1, C, M)`` along M, filter blocks ``(1, N, ...)`` along N, and pitch source ``(1, S, T)``
-and lag ``(1, T)`` along T by repeating the last one; noise with zeros. Every student flow
+``(1, C, M)`` and voicing ``(1, M)`` along M, filter blocks ``(1, N, ...)`` along N, and pitch
+source ``(1, S, T)``, lag and pulses ``(1, T)`` along T by repeating the last one; noise with
+zeros. Every student flow
 is causal and per-sample, so sample ``t < T_i`` of request ``i`` reads only its own
 conditioning at frames ``<= t / hop + 1`` and its own noise ``<= t``: the padding never
 reaches it. The FIR flow's fast path is batch-invariant (``models.lpc.time_varying_fir``),
@@ -73,6 +74,8 @@ def stack_contexts(contexts: list[Context]) -> Context:
         lpc=lpc,
         source=_stack([c.source for c in contexts], "pitch source", dim=2),  # (B, S, T)
         lag=_stack([c.lag for c in contexts], "pitch lag", dim=1),  # (B, T)
+        pulses=_stack([c.pulses for c in contexts], "pitch pulses", dim=1),  # (B, T)
+        voicing=_stack([c.voicing for c in contexts], "voicing", dim=1),  # (B, M)
     )
 
 

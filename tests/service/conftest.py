@@ -4,8 +4,8 @@ and real speech clips.
 The bundles hold a small random student (fresh heads are zero-initialised, which would make
 every flow the identity), saved and loaded through the real bundle format. Three kinds:
 conditional source-filter (the default product), conditional with three named speakers,
-conditional with pitch (source channels and pitch-lagged inputs), and unconditional (plain,
-no source filter).
+conditional with pitch as the cpu-8k preset has it (source channels, three pitch-lagged
+inputs and the mixed-excitation flow), and unconditional (plain, no source filter).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / "multi", tiny_student(1, n_speakers=3), speakers=SPEAKERS, card=CARD
         ),
         "pitch": save_bundle(
-            root / "pitch", tiny_student(3, pitch=PitchConfig(enabled=True)), card=CARD
+            root / "pitch",
+            tiny_student(3, pitch=PitchConfig(enabled=True, lag_taps=3), mixed_excitation=True),
+            card=CARD,
         ),
         "uncond": save_bundle(
             root / "uncond",
