@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from models.bundle import save_bundle
-from models.config import MelConfig, StudentConfig, UpsamplerConfig, WaveNetConfig
+from models.config import (
+    MelConfig,
+    PitchConfig,
+    StudentConfig,
+    UpsamplerConfig,
+    WaveNetConfig,
+)
 from models.student import IAFStudent
 from training.bench import student_flops
 from training.bench_report import render_markdown
@@ -90,8 +96,30 @@ def test_student_flops_counts_every_layer() -> None:
     assert flops["wavenet_flows"] == pytest.approx(wavenet + conditioning)
     assert flops["fir_synthesis"] == 2 * 128
     assert flops["upsampler"] == pytest.approx(2 * 5 * 2 / 10)
+    assert flops["mixed_excitation"] == 0
     assert flops["total"] == pytest.approx(wavenet + conditioning + 256 + 2)
     assert torch.get_num_threads() >= 1
+
+
+def test_student_flops_of_a_pitch_student_count_lag_inputs_source_and_excitation() -> None:
+    pitch = PitchConfig(enabled=True, lag_taps=3, source_harmonics=1)
+    config = StudentConfig(
+        flows=1,
+        wavenet=WaveNetConfig(
+            layers=1, cycle=1, residual_channels=4, gate_channels=8, skip_channels=4
+        ),
+        upsampler=UpsamplerConfig(channels=2, kernel_size=1),
+        pitch=pitch,
+        mixed_excitation=True,
+    )
+    mel = MelConfig(sample_rate=8000, n_fft=64, hop_length=10, n_mels=5)
+    flops = student_flops(IAFStudent(config, mel))
+    # input v_{t-1} and 3 lag taps (4 -> 4); 5 source channels per sample (2 harmonics, pulses,
+    # voicing, log-F0) into each layer's gate besides the frame features at frame rate
+    wavenet = 2 * 4 * 4 + 2 * 2 * 4 * 8 + 2 * 4 * 4 + 2 * 16 + 2 * 8
+    conditioning = 8 * (2 * 2 / 10 + 2 * 5 + 2)
+    assert flops["wavenet_flows"] == pytest.approx(wavenet + conditioning)
+    assert flops["mixed_excitation"] == pytest.approx(2 * 2 / 10 + 6)
 
 
 def test_render_markdown_without_optional_sections() -> None:

@@ -309,13 +309,18 @@ def _quality(models: Models, audio: np.ndarray, seconds: float) -> dict[str, Any
 
 # ------------------------------------------------------------------------------ section 2
 def student_flops(student: IAFStudent) -> dict[str, float]:
-    """FLOPs per generated sample (a multiply-add is 2) from the student's layer shapes."""
+    """FLOPs per generated sample (a multiply-add is 2) from the student's layer shapes.
+
+    The WaveNet flows, the mixed-excitation flow (its frame-rate voicing correction and the
+    per-sample mixing), the FIR synthesis flow and the upsampler; the per-clip analysis
+    (linear prediction, pitch) is context, timed with the generation but not counted here.
+    """
     cfg, hop = student.config, student.hop_length
     net = cfg.wavenet
     res, gate, skip, kernel = (
         net.residual_channels, net.gate_channels, net.skip_channels, net.kernel_size
     )  # fmt: skip
-    conditioner = student.steps[0].conditioner
+    conditioner = student.wavenet_steps[0].conditioner
     assert isinstance(conditioner, WaveNetConditioner)
     first = conditioner.net
     in_channels = first.input_proj.in_channels
@@ -334,6 +339,8 @@ def student_flops(student: IAFStudent) -> dict[str, float]:
     conditioning = layers * gate * (2 * frame_channels / hop + 2 * per_sample_cond + 2)
     flows = cfg.flows * (wavenet + (conditioning if cond is not None else 0))
     fir = 2 * cfg.source_filter.fir_taps if cfg.source_filter.enabled else 0
+    # 1x1 frames -> voicing logit at frame rate; interpolation, sqrt(v) p_t and the scale
+    excitation = 2 * frame_channels / hop + 6 if cfg.mixed_excitation else 0
     upsampler = sum(
         2 * m.in_channels * m.out_channels * m.kernel_size[0] / hop
         for m in student.upsampler.modules()
@@ -343,7 +350,8 @@ def student_flops(student: IAFStudent) -> dict[str, float]:
         "wavenet_flows": float(flows),
         "fir_synthesis": float(fir),
         "upsampler": float(upsampler),
-        "total": float(flows + fir + upsampler),
+        "mixed_excitation": float(excitation),
+        "total": float(flows + fir + upsampler + excitation),
     }
 
 
