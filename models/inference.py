@@ -40,7 +40,7 @@ from models.pitch import history_length, lagged_taps
 from models.student import IAFStudent
 from models.wavenet import WaveNet
 
-DEFAULT_CHUNK = 1000
+DEFAULT_CHUNK = 2000  # rows; measured best of 500-8000 at 1 and 2 threads (benchmarks/README.md)
 MIN_ROWS = 16  # BLAS results of a row depend on the row count below about 12 rows
 
 

@@ -38,7 +38,7 @@ import typer
 from models.bundle import load_bundle, save_bundle
 from models.config import MelConfig
 from models.flows import WaveNetConditioner
-from models.inference import InferenceStudent
+from models.inference import DEFAULT_CHUNK, InferenceStudent
 from models.student import IAFStudent
 from models.teacher import GaussianWaveNet
 from training.config import load_preset
@@ -547,7 +547,7 @@ def bench_command(
     quick: Annotated[
         bool, typer.Option("--quick", help="short clips and single runs (a smoke test)")
     ] = False,
-    chunk: Annotated[int, typer.Option("--chunk", help="InferenceStudent chunk")] = 1000,
+    chunk: Annotated[int, typer.Option("--chunk", help="InferenceStudent chunk")] = DEFAULT_CHUNK,
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads (0: all)")] = 0,
     teacher_threads: Annotated[
         int, typer.Option("--teacher-threads", help="threads for teacher sampling (0: --threads)")
