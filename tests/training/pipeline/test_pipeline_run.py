@@ -64,10 +64,11 @@ def test_eval_json_has_the_documented_keys_with_finite_values(smoke):
         "kl_mc_nats_per_sample",
         "kl_mc_stderr",
     } <= set(report["student"])
-    assert set(report["resynthesis"]) == {"student", "griffin_lim", "lpc_noise"}
+    systems = {"student", "griffin_lim", "lpc_noise", "structure_only"}  # a pitch student
+    assert set(report["resynthesis"]) == systems
     for name, values in report["resynthesis"].items():
         assert set(values) == METRICS, name
-    assert set(report["speed"]) == {"student", "griffin_lim", "lpc_noise", "teacher_autoregressive"}
+    assert set(report["speed"]) == systems | {"teacher_autoregressive"}
     numbers = [
         *report["teacher"].values(),
         *(v for k, v in report["student"].items() if k != "temperature"),
@@ -90,7 +91,8 @@ def test_eval_json_lists_every_figure_it_wrote(smoke):
 
 def test_eval_audio_holds_every_system_of_the_first_utterance(smoke):
     names = {p.name for p in (smoke.eval_dir / "audio").glob("*.wav")}
-    for system in ("real", "student", "griffin_lim", "lpc_noise", "clip_teacher", "clip_real"):
+    systems = ("real", "student", "griffin_lim", "lpc_noise", "structure_only")
+    for system in (*systems, "clip_teacher", "clip_real"):
         assert any(name.endswith(f"_{system}.wav") for name in names), system
 
 
