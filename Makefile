@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PRESET ?= cpu-8k
 
-.PHONY: setup test lint format demo bench clean help docker-lint docker-smoke
+.PHONY: setup system-deps test lint format demo bench clean help docker-lint docker-smoke
 
 help:
 	@echo "make setup   create $(VENV) and install distilwave with its dev tools (idempotent)"
 	@echo "make test    run the test suite (installs what it needs first)"
+	@echo "make system-deps   apt-get chromium + docker-compose for two tests (root; make test runs it)"
 	@echo "make lint    ruff (lint + format check) and mypy"
 	@echo "make demo    run the whole pipeline on the default real corpus (preset $(PRESET))"
 	@echo "make bench   run the benchmarks and write benchmarks/results/*.json"
@@ -24,7 +25,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+system-deps:
+	bash tests/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
@@ -42,7 +46,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/distilwave bench
 
-docker-lint: $(STAMP)
+docker-lint: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/test_docker_files.py
 
 docker-smoke:

@@ -2,14 +2,13 @@
 
 hadolint lints the Dockerfile; the compose files are validated against the Compose
 Specification's JSON schema (check-jsonschema's vendored copy, offline) and resolved by
-Debian's ``docker-compose config`` (installed with apt-get when missing and run as root, as CI
-is; skipped with the reason elsewhere). Building the images and
-running them is ``make docker-smoke`` (minutes), not part of this suite.
+Debian's ``docker-compose config`` (``make system-deps`` installs it; missing, the test
+fails). Building the images and running them is ``make docker-smoke`` (minutes), not part of
+this suite.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -35,7 +34,7 @@ def _tool(name: str) -> str:
     local = Path(sys.executable).parent / name
     found = str(local) if local.exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[dev]' installs it)")
+        pytest.fail(f"{name} is not installed (make setup installs the dev extra)")
     return found
 
 
@@ -44,21 +43,10 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _docker_compose() -> str:
-    """Debian's docker-compose, installed with apt-get when missing (root only)."""
+    """Debian's docker-compose (``make system-deps`` installs it)."""
     binary = shutil.which("docker-compose")
-    if binary is not None:
-        return binary
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("docker-compose is not installed and there is no root apt-get to install it")
-    lock_wait = ["-o", "DPkg::Lock::Timeout=300"]  # the browser test may be installing too
-    for command in (
-        ["apt-get", "update", "-q", *lock_wait],
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock_wait, "docker-compose"],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{' '.join(command)} failed: {done.stderr[-2000:]}"
-    binary = shutil.which("docker-compose")
-    assert binary is not None, "apt-get installed docker-compose but it is not on PATH"
+    if binary is None:
+        pytest.fail("docker-compose is not installed: run 'make system-deps' as root")
     return binary
 
 

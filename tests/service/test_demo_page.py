@@ -2,8 +2,8 @@
 a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, through Selenium)
 against a real uvicorn on loopback serving a bundle the smoke pipeline trained and exported.
 
-The browser test installs Chromium with apt-get when it is missing (CI runs as root) and is
-skipped, saying why, only where it cannot. It leaves a full-page screenshot in its tmp dir and
+Chromium comes from ``make system-deps`` (apt-get, run by ``make test``); without it the
+browser test fails, saying so. It leaves a full-page screenshot in its tmp dir and
 at /tmp/distilwave-demo.png (printed; run with ``-s`` to see the path).
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +30,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 API_KEY = "demo-page-key"
 SCREENSHOT_COPY = Path("/tmp/distilwave-demo.png")
-INSTALL_TIMEOUT_S = 1200  # apt-get, once per machine, paid by the first browser test
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -76,30 +73,6 @@ async def test_audio_responses_carry_generation_and_audio_seconds(bundles, speec
 # ---- In Chromium --------------------------------------------------------------------------
 
 
-def _install_chromium() -> str | None:
-    """Install Debian's chromium and chromium-driver if missing; the reason it can't, or None."""
-    if CHROMIUM.exists() and CHROMEDRIVER.exists():
-        return None
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        return "no /usr/bin/chromium + chromedriver, and no root apt-get to install them"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock_wait = ["-o", "DPkg::Lock::Timeout=120"]  # another apt-get may be running
-    steps = (
-        (["apt-get", "update", "-q", *lock_wait], 300),
-        (["apt-get", "install", "-y", "-q", *lock_wait, "chromium", "chromium-driver"], 900),
-    )
-    for command, timeout in steps:
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return f"{' '.join(command)} took over {timeout} s"
-        if done.returncode != 0:
-            return f"{' '.join(command)} failed: {tail(done.stderr or done.stdout, 5)}"
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        return "apt-get installed chromium but /usr/bin/chromium or chromedriver is missing"
-    return None
-
-
 @pytest.fixture(scope="module")
 def smoke_bundle(smoke_pipeline: SmokeRun) -> Path:
     """A real bundle: the session's ``distilwave pipeline --preset smoke`` run on the speech
@@ -136,9 +109,8 @@ def speakers_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Headless Chromium through chromedriver, with a fresh profile and a fake microphone."""
-    reason = _install_chromium()
-    if reason is not None:
-        pytest.skip(f"no Chromium for the demo page test: {reason}")
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(f"no {CHROMIUM} + {CHROMEDRIVER}: run 'make system-deps' as root")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -214,7 +186,7 @@ def not_audio(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
+@pytest.mark.timeout(600)
 def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
     browser, demo_server, speech, tmp_path
 ):
@@ -295,7 +267,7 @@ def test_demo_page_in_chromium_resynthesizes_an_upload_and_explains_errors(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(INSTALL_TIMEOUT_S + 300)
+@pytest.mark.timeout(600)
 def test_demo_page_in_chromium_generates_with_a_speaker_from_an_unconditional_bundle(
     browser, speakers_server, tmp_path
 ):
