@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.bench_report import render_markdown
+from benchmarks.report import render_markdown
 
 
 def main() -> None:

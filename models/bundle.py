@@ -1,36 +1,38 @@
 """The model bundle: a self-contained directory that serves the student without the teacher.
 
     bundle/
-      config.json        format, versions, sample rate, hop, mel and student configs, speakers
+      config.json        format, versions, sample rate, hop, mel and student configs, the audio
+                         convention (loudness, peak), speakers, default temperature
       model.safetensors  the student's weights (weight norm folded), front end included
       card.json          optional model card (data, preset, metrics, licence)
       README.md          optional human-readable card
 
 A bundle is written into a temporary sibling directory and renamed into place, so a
-reader never sees a half-written bundle.
+reader never sees a half-written bundle. Format 1 (distilwave 0.1.0: numbered flows, no audio
+convention) still loads: its flows get their names and its convention is the one 0.1.0 used.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.config import MelConfig, StudentConfig
-from models.student import IAFStudent
+from models.config import AudioConvention, MelConfig, StudentConfig
+from models.files import replace_directory
+from models.student import IAFStudent, upgrade_state_dict
 from models.wavenet import fold_weight_norm
 
 FORMAT = "distilwave-bundle"
-FORMAT_VERSION = 1
-VERSION = "0.1.0"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+VERSION = "0.2.0"
 
 
 @dataclass
@@ -40,10 +42,13 @@ class Bundle:
     student: IAFStudent
     mel: MelConfig
     config: StudentConfig
+    audio: AudioConvention = field(default_factory=AudioConvention)
     speakers: list[str] = field(default_factory=list)
     default_temperature: float = 1.0
     card: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    distilwave_version: str = VERSION
+    created: float = 0.0
 
     @property
     def sample_rate(self) -> int:
@@ -54,20 +59,8 @@ class Bundle:
         return self.mel.hop_length
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def _json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
 def save_bundle(
@@ -77,6 +70,7 @@ def save_bundle(
     default_temperature: float = 1.0,
     card: dict[str, Any] | None = None,
     readme: str | None = None,
+    audio: AudioConvention | None = None,
 ) -> Path:
     """Write ``student`` as a bundle at ``directory`` atomically (replacing an old one).
 
@@ -87,16 +81,15 @@ def save_bundle(
         default_temperature: the noise scale the service uses when a request gives none.
         card: model card fields (JSON-serialisable).
         readme: a short human-readable card written as README.md.
+        audio: the loudness convention of the training data (default: -23 LUFS, peak 0.95).
     """
-    directory = Path(directory)
     speakers = list(speakers or [])
     if student.config.n_speakers and len(speakers) not in (0, student.config.n_speakers):
         raise ValueError(
             f"{len(speakers)} speaker names for a model with {student.config.n_speakers} speakers"
         )
     folded = IAFStudent(_inference_config(student.config), student.mel_config)
-    state = fold_weight_norm(_clone(student)).state_dict()
-    folded.load_state_dict(state)
+    folded.load_state_dict(fold_weight_norm(_clone(student)).state_dict())
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in folded.state_dict().items()}
     config = {
         "format": FORMAT,
@@ -108,39 +101,20 @@ def save_bundle(
         "hop_length": student.mel_config.hop_length,
         "mel": student.mel_config.model_dump(),
         "student": folded.config.model_dump(),
+        "audio": (audio or AudioConvention()).model_dump(),
         "speakers": speakers,
         "default_temperature": default_temperature,
     }
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+
+    def fill(staging: Path) -> None:
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": FORMAT})
-        _write_json(staging / "config.json", config)
+        (staging / "config.json").write_text(_json(config), encoding="utf-8")
         if card is not None:
-            _write_json(staging / "card.json", card)
+            (staging / "card.json").write_text(_json(card), encoding="utf-8")
         if readme is not None:
             (staging / "README.md").write_text(readme, encoding="utf-8")
-        # mkdtemp makes a private (0700) directory: give the bundle the usual umask modes so a
-        # service running as another user (a container) can read it
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        for path in staging.iterdir():
-            os.chmod(path, 0o666 & ~umask)
-        _fsync_dir(staging)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(directory)
-        _fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return directory
+
+    return replace_directory(Path(directory), fill)
 
 
 def _clone(student: IAFStudent) -> IAFStudent:
@@ -154,33 +128,49 @@ def _inference_config(config: StudentConfig) -> StudentConfig:
     return config.model_copy(update={"wavenet": wavenet})
 
 
-def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle written by ``save_bundle``; raises ``ValueError`` on anything malformed."""
-    directory = Path(directory)
-    config_path = directory / "config.json"
-    weights_path = directory / "model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"{directory} is not a distilwave bundle (config.json, model.safetensors)")
+def _read_json(path: Path) -> Any:
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_path}: invalid JSON ({exc})") from exc
+        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """A bundle's ``config.json``, checked for format and version (``ValueError`` if not)."""
+    config_path = directory / "config.json"
+    if not config_path.is_file() or not (directory / "model.safetensors").is_file():
+        raise ValueError(f"{directory} is not a distilwave bundle (config.json, model.safetensors)")
+    config = _read_json(config_path)
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT:
         raise ValueError(
             f"{directory} is not a distilwave bundle (format {config.get('format')!r})"
         )
-    if config.get("format_version") != FORMAT_VERSION:
+    if config.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"{directory}: bundle format version {config.get('format_version')} is not supported "
-            f"(this distilwave reads version {FORMAT_VERSION})"
+            f"(this distilwave reads versions {', '.join(map(str, READABLE_VERSIONS))}); export "
+            "it again with `distilwave export --student RUN --out DIR` from this version"
         )
+    return config
+
+
+def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle written by ``save_bundle``; raises ``ValueError`` on anything malformed."""
+    directory = Path(directory)
+    config = read_config(directory)
+    config_path = directory / "config.json"
     try:
         mel = MelConfig.model_validate(config["mel"])
         student_config = StudentConfig.model_validate(config["student"])
+        audio = AudioConvention.model_validate(config.get("audio", {}))
     except KeyError as exc:
         raise ValueError(f"{config_path}: missing {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{config_path}: invalid {where}: {first['msg']}") from exc
     for key, value in (("sample_rate", mel.sample_rate), ("hop_length", mel.hop_length)):
         if config.get(key) != value:
             raise ValueError(
@@ -194,8 +184,9 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{config_path}: default_temperature must be a number") from exc
     student = IAFStudent(student_config, mel)
+    weights_path = directory / "model.safetensors"
     try:
-        state = load_file(str(weights_path))
+        state = upgrade_state_dict(load_file(str(weights_path)), student_config)
     except SafetensorError as exc:
         raise ValueError(f"{weights_path}: unreadable weights ({exc})") from exc
     try:
@@ -208,19 +199,21 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
             f"unexpected {unexpected[:3]})"
         )
     student.to(device).eval()
-    card_path = directory / "card.json"
     card: dict[str, Any] = {}
+    card_path = directory / "card.json"
     if card_path.is_file():
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{card_path}: invalid JSON ({exc})") from exc
+        card = _read_json(card_path)
+        if not isinstance(card, dict):
+            raise ValueError(f"{card_path}: expected a JSON object")
     return Bundle(
         student=student,
         mel=mel,
         config=student_config,
+        audio=audio,
         speakers=list(speakers),
         default_temperature=default_temperature,
         card=card,
         path=directory,
+        distilwave_version=str(config.get("distilwave_version", "unknown")),
+        created=config_path.stat().st_mtime,
     )

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
 
-from models.config import PitchConfig, SourceFilterConfig, UpsamplerConfig
+from models.config import (
+    MelConfig,
+    PitchConfig,
+    SourceFilterConfig,
+    StudentConfig,
+    TeacherConfig,
+    UpsamplerConfig,
+)
 from models.lpc import LinearPrediction, linear_prediction
-from models.mel import MelFrontEnd
+from models.mel import MelFrontEnd, check_finite
 from models.pitch import estimate_pitch, periodic_source, pitch_lag, source_channels
+from models.wavenet import Conditioning, interpolate_rows
 
 
 class Upsampler(nn.Module):
@@ -75,6 +83,34 @@ class Upsampler(nn.Module):
         return features
 
 
+def _along(axis: int) -> dict[str, int]:
+    """Field metadata: the axis along which ``Context.stack`` pads the field."""
+    return {"axis": axis}
+
+
+def pad_repeat(values: Tensor, length: int, dim: int) -> Tensor:
+    """Extend ``values`` to ``length`` along ``dim`` by repeating its last entry there."""
+    extra = length - values.shape[dim]
+    if extra <= 0:
+        return values
+    last = values.narrow(dim, values.shape[dim] - 1, 1)
+    sizes = list(values.shape)
+    sizes[dim] = extra
+    return torch.cat([values, last.expand(*sizes)], dim=dim)
+
+
+def stack_padded(parts: list[Tensor | None], what: str, dim: int) -> Tensor | None:
+    """Single-request tensors padded along ``dim`` to the longest (last entry repeated) and
+    concatenated on the batch; None if every part is None."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) != len(parts):
+        raise ValueError(f"some requests have {what} and some do not")
+    length = max(p.shape[dim] for p in present)
+    return torch.cat([pad_repeat(p, length, dim) for p in present], dim=0)
+
+
 @dataclass
 class Context:
     """Everything a flow needs about one batch besides the variable itself.
@@ -89,36 +125,66 @@ class Context:
         lag: ``(B, T)`` pitch period in samples (for pitch-lagged inputs), or None.
         pulses: ``(B, T)`` unit-power band-limited pulse train at the pitch, or None.
         voicing: ``(B, M)`` soft voicing per frame, or None.
+
+    Every tensor field says (metadata ``axis``) along which axis ``stack`` pads it: a new field
+    without one is an error there, not a silently unpadded batch.
     """
 
     batch: int
     num_samples: int
     hop: int
-    frames: Tensor | None = None
-    lpc: LinearPrediction | None = None
-    source: Tensor | None = None
-    lag: Tensor | None = None
-    pulses: Tensor | None = None
-    voicing: Tensor | None = None
+    frames: Tensor | None = field(default=None, metadata=_along(2))
+    lpc: LinearPrediction | None = field(default=None, metadata=_along(1))
+    source: Tensor | None = field(default=None, metadata=_along(2))
+    lag: Tensor | None = field(default=None, metadata=_along(1))
+    pulses: Tensor | None = field(default=None, metadata=_along(1))
+    voicing: Tensor | None = field(default=None, metadata=_along(1))
+
+    @property
+    def conditioning(self) -> Conditioning:
+        """What a WaveNet stack reads: the frames and the per-sample source."""
+        return Conditioning(self.frames, self.source, self.hop)
+
+    @classmethod
+    def stack(cls, contexts: list[Context]) -> Context:
+        """One batch from single-request contexts, each padded to the longest.
+
+        Frames and voicing are padded along frames, filter blocks along blocks, per-sample
+        channels along time, all by repeating the last entry. Every flow is causal and reads
+        its conditioning at sample ``t`` only up to frame ``t / hop + 1``, so the padding
+        never reaches a request's own samples: each is generated as it would be alone.
+        """
+        if not contexts:
+            raise ValueError("no contexts to stack")
+        if any(c.batch != 1 for c in contexts):
+            raise ValueError("Context.stack takes single-request contexts (batch 1 each)")
+        if len({c.hop for c in contexts}) != 1:
+            raise ValueError("contexts with different hops cannot share a batch")
+        values: dict[str, object] = {}
+        for item in fields(cls):
+            if item.name in ("batch", "num_samples", "hop"):
+                continue
+            if "axis" not in item.metadata:
+                raise TypeError(f"Context.{item.name} does not say how to pad it (metadata axis)")
+            parts = [getattr(c, item.name) for c in contexts]
+            if item.name == "lpc":
+                values[item.name] = LinearPrediction.stack(parts)
+            else:
+                values[item.name] = stack_padded(parts, item.name, item.metadata["axis"])
+        return cls(
+            batch=len(contexts),
+            num_samples=max(c.num_samples for c in contexts),
+            hop=contexts[0].hop,
+            **values,  # type: ignore[arg-type]
+        )
 
 
 def interpolate_frames(frames: Tensor, t0: int, t1: int, hop: int) -> Tensor:
-    """Frame-rate ``(B, C, M)`` -> per-sample ``(B, C, t1 - t0)``, linear between frame centres.
-
-    Sample ``t`` sits at fractional frame ``t / hop``; frames past the last one repeat it.
-    """
-    if t1 <= t0:
-        return frames.new_zeros(*frames.shape[:2], 0)
-    first, last = t0 // hop, (t1 - 1) // hop
-    blocks = last - first + 1
-    index = torch.arange(first, first + blocks + 1, device=frames.device).clamp_max(
-        frames.shape[-1] - 1
-    )
-    knots = frames.index_select(2, index)  # (B, C, blocks + 1)
-    weight = torch.arange(hop, dtype=frames.dtype, device=frames.device) / hop
-    dense = torch.lerp(knots[..., :-1, None], knots[..., 1:, None], weight)  # (B, C, n, hop)
-    dense = dense.reshape(*frames.shape[:2], blocks * hop)
-    return dense[..., t0 - first * hop : t1 - first * hop]
+    """Frame-rate ``(B, C, M)`` -> per-sample ``(B, C, t1 - t0)``, linear between frame centres
+    (``models.wavenet.interpolate_rows`` in the batch-first layout)."""
+    batch, channels = frames.shape[:2]
+    dense = interpolate_rows(frames.permute(2, 0, 1), t0, t1, hop)  # ((t1 - t0) B, C)
+    return dense.reshape(-1, batch, channels).permute(1, 2, 0)
 
 
 def make_context(
@@ -195,18 +261,86 @@ def make_context(
     )
 
 
-def conditioning_channels(upsampler: Upsampler, pitch: PitchConfig | None) -> int:
-    """Per-sample conditioning channels: upsampler features plus pitch source channels."""
-    return upsampler.out_channels + (source_channels(pitch) if pitch is not None else 0)
+def conditioning_channels(upsampler: Upsampler, pitch: PitchConfig | None) -> tuple[int, int]:
+    """Conditioning channels of a WaveNet: frame-rate features, per-sample source channels."""
+    return upsampler.out_channels, source_channels(pitch) if pitch is not None else 0
 
 
-def sample_conditioning(context: Context, t0: int, t1: int) -> Tensor | None:
-    """Per-sample conditioning ``(B, C, t1 - t0)``: interpolated frames and the pitch source."""
-    parts = []
-    if context.frames is not None:
-        parts.append(interpolate_frames(context.frames, t0, t1, context.hop))
-    if context.source is not None:
-        parts.append(context.source[..., t0:t1])
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+class ConditionedModel(nn.Module):
+    """What the teacher and the student share: the mel front end, the frame upsampler, pitch,
+    linear prediction, the context of a batch and its noise.
+
+    Args:
+        config: the model's config (its upsampler, source filter, pitch, speakers).
+        mel: the front end whose features condition the model.
+    """
+
+    with_impulse = False  # whether contexts carry the synthesis filter's impulse response
+
+    def __init__(self, config: TeacherConfig | StudentConfig, mel: MelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mel_config = mel
+        self.front_end = MelFrontEnd(mel)
+        n_mels = mel.n_mels if config.conditional else 0
+        self.upsampler = Upsampler(config.upsampler, n_mels, config.n_speakers)
+        self.pitch = config.pitch if config.pitch.enabled else None
+
+    @property
+    def hop_length(self) -> int:
+        return self.mel_config.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel_config.sample_rate
+
+    def context(
+        self,
+        mel: Tensor | None = None,
+        num_samples: int | None = None,
+        speaker: Tensor | None = None,
+        batch: int = 1,
+    ) -> Context:
+        """Conditioning for a batch: ``mel`` ``(B, n_mels, M)`` -> ``(M - 1) hop`` samples."""
+        sf = self.config.source_filter if self.config.source_filter.enabled else None
+        return make_context(
+            self.front_end,
+            self.upsampler,
+            sf,
+            self.pitch,
+            mel,
+            num_samples,
+            speaker,
+            batch,
+            self.with_impulse,
+        )
+
+    def noise_for(
+        self,
+        context: Context,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """``noise`` checked against ``context``, or standard normal noise times
+        ``temperature`` drawn with ``generator``: ``(B, T)``."""
+        if noise is None:
+            if temperature < 0:
+                raise ValueError("temperature must be >= 0")
+            param = next(self.parameters())
+            shape = (context.batch, context.num_samples)
+            drawn = torch.randn(shape, generator=generator, dtype=param.dtype, device=param.device)
+            return drawn * temperature
+        if noise.shape != (context.batch, context.num_samples):
+            raise ValueError(
+                f"noise has shape {tuple(noise.shape)}, expected "
+                f"({context.batch}, {context.num_samples})"
+            )
+        check_finite("noise", noise)
+        return noise
+
+    def draw_noise(
+        self, context: Context, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Fresh noise ``(B, T)`` at ``temperature``."""
+        return self.noise_for(context, temperature, generator)

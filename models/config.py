@@ -60,6 +60,15 @@ class MelConfig(StrictModel):
         return num_samples // self.hop_length + 1
 
 
+class AudioConvention(StrictModel):
+    """The level audio is brought to before its mel is computed (training data and inference
+    alike): integrated loudness (ITU-R BS.1770) and a peak limit. It travels in the bundle, so a
+    model is always fed features of audio at the level it was trained on."""
+
+    loudness_lufs: float = Field(-23.0, le=0, description="target integrated loudness")
+    peak_limit: float = Field(0.95, gt=0, le=1.0, description="maximum absolute sample value")
+
+
 class WaveNetConfig(StrictModel):
     """A causal dilated convolution stack with gated units (van den Oord et al., 2016).
 

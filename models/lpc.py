@@ -38,6 +38,36 @@ class LinearPrediction:
     gain: Tensor
     impulse: Tensor | None = None
 
+    @staticmethod
+    def stack(parts: list[LinearPrediction | None]) -> LinearPrediction | None:
+        """Single-request filters padded along blocks (last block repeated) into one batch."""
+        present = [p for p in parts if p is not None]
+        if not present:
+            return None
+        if len(present) != len(parts):
+            raise ValueError("some requests have linear prediction and some do not")
+        length = max(p.gain.shape[1] for p in present)
+
+        def padded(values: list[Tensor | None]) -> Tensor | None:
+            if all(v is None for v in values):
+                return None
+            if any(v is None for v in values):
+                raise ValueError("some requests have impulse responses and some do not")
+            return torch.cat([_pad_blocks(v, length) for v in values if v is not None])
+
+        coefficients = padded([p.coefficients for p in present])
+        gain = padded([p.gain for p in present])
+        assert coefficients is not None and gain is not None
+        return LinearPrediction(coefficients, gain, padded([p.impulse for p in present]))
+
+
+def _pad_blocks(values: Tensor, blocks: int) -> Tensor:
+    """``(1, N, ...)`` -> ``(1, blocks, ...)`` by repeating the last block."""
+    extra = blocks - values.shape[1]
+    if extra <= 0:
+        return values
+    return torch.cat([values, values[:, -1:].expand(-1, extra, *values.shape[2:])], dim=1)
+
 
 def levinson_durbin(autocorr: Tensor) -> tuple[Tensor, Tensor]:
     """Solve the Toeplitz normal equations for every row of ``autocorr``.
@@ -169,24 +199,31 @@ def per_sample(values: Tensor, t0: int, t1: int, hop: int) -> Tensor:
     return values.index_select(1, index)
 
 
-def time_varying_fir(signal: Tensor, taps: Tensor, hop: int, t0: int, history: Tensor) -> Tensor:
-    """``out_t = sum_{j=1..J} taps_j(block(t)) * signal_{t-j}`` over a chunk.
+def time_varying_fir(delayed: Tensor, taps: Tensor, hop: int, t0: int, history: Tensor) -> Tensor:
+    """``out_t = sum_{j=1..J} taps_j(block(t)) * s_{t-j}`` over a chunk, strictly causal in ``s``.
+
+    The filter runs over ``history`` followed by the chunk: ``out_i = sum_j taps_j(block(t0 + i))
+    * padded[i + H - j]`` with ``H`` the history length. With ``H = J`` and the chunk of ``s``
+    itself that is the formula above. A flow's conditioner gets ``s`` delayed by one
+    (``delayed_t = s_{t-1}``): with ``H = J - 1`` delayed values before the chunk, the same
+    call gives the same ``out_t`` (causal in ``delayed``, including its current sample).
 
     Args:
-        signal: ``(B, T)`` the chunk starting at absolute sample ``t0``.
-        taps: ``(B, N, J)`` per-block taps (``taps[..., j-1]`` multiplies lag ``j``).
+        delayed: ``(B, T)`` the chunk (of ``s``, or of ``s`` delayed), starting at ``t0``.
+        taps: ``(B, N, J)`` per-block taps (``taps[..., j-1]`` multiplies lag ``j`` of ``s``).
         hop: samples per block.
-        t0: absolute index of ``signal[:, 0]``.
-        history: ``(B, J)`` the ``J`` samples before the chunk (zeros at the start).
+        t0: absolute index of ``delayed[:, 0]``.
+        history: ``(B, J)`` values of ``s`` or ``(B, J - 1)`` delayed values before the chunk
+            (zeros at the start).
 
     Returns:
-        ``(B, T)``; sample ``t`` uses only ``signal`` before ``t`` (strictly causal).
+        ``(B, T)``.
     """
-    batch, steps = signal.shape
+    batch, steps = delayed.shape
     order = taps.shape[-1]
-    padded = torch.cat([history, signal], dim=1)  # (B, J + T)
-    windows = padded.unfold(1, order, 1)[:, :steps]  # (B, T, J): samples t-J .. t-1
-    windows = windows.flip(-1)  # lag 1 first
+    padded = torch.cat([history, delayed], dim=1)  # (B, H + T)
+    windows = padded.unfold(1, order, 1)[:, :steps]  # (B, T, J)
+    windows = windows.flip(-1)  # lag 1 of s first
     if t0 % hop == 0 and steps % hop == 0 and t0 // hop + steps // hop <= taps.shape[1]:
         first = t0 // hop
         blocks = steps // hop

@@ -237,22 +237,6 @@ def lagged(sequence: Tensor, lag: Tensor, t0: int = 0, history: Tensor | None = 
     return low_value * (1 - fraction) + high_value * fraction
 
 
-def lagged_value(history: Tensor, t: int, lag: Tensor) -> Tensor:
-    """One step of ``lagged``: the value at time ``t - lag`` ``(B,)`` from ``history``.
-
-    ``history[:, s]`` holds time ``s`` for ``s < t``; times before 0 read as zeros.
-    """
-    if t == 0:
-        return history.new_zeros(history.shape[0])
-    whole = torch.ceil(lag)
-    fraction = (whole - lag).to(history.dtype)
-    low_index = t - whole.long()
-    low_value = history.gather(1, low_index.clamp(0, t - 1)[:, None])[:, 0] * (low_index >= 0)
-    high_index = low_index + 1
-    high_value = history.gather(1, high_index.clamp(0, t - 1)[:, None])[:, 0] * (high_index >= 0)
-    return low_value * (1 - fraction) + high_value * fraction
-
-
 def history_length(lag: Tensor) -> int:
     """Samples of history a stream must carry to evaluate ``lagged`` exactly."""
     return int(torch.ceil(lag.max()).item()) + 2 if lag.numel() else 2
@@ -268,6 +252,24 @@ def lagged_taps(
     return torch.stack([lagged(sequence, lag - k, t0, history) for k in offsets], dim=1)
 
 
-def lagged_value_taps(history: Tensor, t: int, lag: Tensor, offsets: list[int]) -> Tensor:
-    """One step of ``lagged_taps``: ``(B, len(offsets))``."""
-    return torch.stack([lagged_value(history, t, lag - k) for k in offsets], dim=-1)
+def delayed_lag_taps(
+    delayed: Tensor, lag: Tensor, offsets: list[int], t0: int, history: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``v_{t - P_t + k}`` for every ``k`` of ``offsets`` from the delayed variable.
+
+    Args:
+        delayed: ``(B, n)`` holding ``v_{t-1}`` for ``t`` in ``[t0, t0 + n)`` (a conditioner's
+            input).
+        lag: ``(B, T)`` the whole clip's pitch period (``P_t - k >= 2``).
+        offsets: the ``k``.
+        t0: absolute index of the chunk.
+        history: what the previous chunk returned (None at the start: zeros).
+
+    Returns:
+        ``(B, len(offsets), n)`` and the history to carry to the next chunk.
+    """
+    if history is None:
+        history = delayed.new_zeros(delayed.shape[0], history_length(lag))
+    chunk_lag = lag[:, t0 : t0 + delayed.shape[1]] - 1.0  # v_{t-P} = delayed_{t-P+1}
+    taps = lagged_taps(delayed, chunk_lag, offsets, t0, history)
+    return taps, torch.cat([history, delayed], dim=1)[:, -history.shape[1] :]

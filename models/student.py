@@ -3,37 +3,34 @@
     z^0 ~ N(0, I) (times a temperature at inference)
     z^k_t = z^{k-1}_t exp(log_scale_k,t) + mean_k,t,   both functions of z^{k-1}_<t and c
 
-Flows, in order: optionally a mixed-excitation flow (pulses at the mel's pitch plus noise,
-by voicing); ``flows`` WaveNet flows; a gain flow (``log_scale = log g_t`` from
-linear prediction, or one learned log-scale for the plain model); and, for source-filter
-models, the FIR synthesis flow with the filter of the teacher. Every step's mean and
-log-scale at ``t`` depend on ``z^0_<t`` only, so the whole student is one Gaussian per
-step given the past: ``x_t = mean_tot,t + exp(log_scale_tot,t) z^0_t``, and its density of
-its own sample comes from the cached noise with no inversion (Ping et al., 2018;
-van den Oord et al., "Parallel WaveNet", 2017).
+Steps, by name and in order: ``excitation`` (optional: pulses at the mel's pitch plus noise,
+by voicing), ``wavenet_1`` ... ``wavenet_K``, ``gain`` (``log_scale = log g_t`` from linear
+prediction, or one learned log-scale for the plain model) and, for source-filter models,
+``synthesis`` (the FIR synthesis filter of the teacher). Every step's mean and log-scale at
+``t`` depend on ``z^0_<t`` only, so the whole student is one Gaussian per step given the past:
+``x_t = mean_tot,t + exp(log_scale_tot,t) z^0_t``, and its density of its own sample comes
+from the cached noise with no inversion (Ping et al., 2018; van den Oord et al., "Parallel
+WaveNet", 2017). The cascade itself is ``models.flows.FlowSequence``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from models.conditioning import Context, Upsampler, conditioning_channels, make_context
-from models.config import MelConfig, StudentConfig
-from models.flows import (
-    AffineAutoregressive,
+from models.conditioners import (
     ExcitationConditioner,
     GainConditioner,
-    Stream,
     SynthesisConditioner,
     WaveNetConditioner,
 )
-from models.mel import MelFrontEnd, check_finite
-from models.transforms import compose_affine, standard_normal_log_prob
+from models.conditioning import ConditionedModel, Context, conditioning_channels
+from models.config import MelConfig, StudentConfig
+from models.flows import AffineAutoregressive, Conditioner, FlowSequence
+from models.transforms import standard_normal_log_prob
 
 
 @dataclass
@@ -53,7 +50,22 @@ class StudentSample:
     log_scale: Tensor
 
 
-class IAFStudent(nn.Module):
+def wavenet_name(index: int) -> str:
+    """The name of the ``index``-th (from 0) WaveNet flow."""
+    return f"wavenet_{index + 1}"
+
+
+def student_step_names(config: StudentConfig) -> list[str]:
+    """The student's steps in sampling order."""
+    names = ["excitation"] if config.mixed_excitation else []
+    names += [wavenet_name(i) for i in range(config.flows)]
+    names.append("gain")
+    if config.source_filter.enabled:
+        names.append("synthesis")
+    return names
+
+
+class IAFStudent(ConditionedModel):
     """The parallel student (IAF).
 
     Args:
@@ -61,112 +73,44 @@ class IAFStudent(nn.Module):
         mel: the front end whose features condition the model.
     """
 
+    with_impulse = True
+    config: StudentConfig
+
     def __init__(self, config: StudentConfig, mel: MelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.mel_config = mel
-        self.front_end = MelFrontEnd(mel)
-        n_mels = mel.n_mels if config.conditional else 0
-        self.upsampler = Upsampler(config.upsampler, n_mels, config.n_speakers)
-        self.pitch = config.pitch if config.pitch.enabled else None
-        cond_channels = conditioning_channels(self.upsampler, self.pitch)
-        lag_input = self.pitch is not None and self.pitch.lag_input
+        super().__init__(config, mel)
+        frame_channels, source_channels = conditioning_channels(self.upsampler, self.pitch)
+        lag_offsets = config.pitch.lag_offsets if self.pitch and self.pitch.lag_input else []
         sf = config.source_filter.enabled
-        steps: list[AffineAutoregressive] = []
+        conditioners: dict[str, Conditioner] = {}
         if config.mixed_excitation:
-            excitation = ExcitationConditioner(
-                self.upsampler.out_channels, config.excitation_noise_floor
+            conditioners["excitation"] = ExcitationConditioner(
+                frame_channels, config.excitation_noise_floor
             )
-            steps.append(AffineAutoregressive(excitation, "iaf"))
-        steps += [
-            AffineAutoregressive(
-                WaveNetConditioner(
-                    config.wavenet,
-                    cond_channels,
-                    config.log_scale_bound,
-                    lag_input,
-                    config.pitch.lag_offsets,
-                ),
-                "iaf",
+        for index in range(config.flows):
+            conditioners[wavenet_name(index)] = WaveNetConditioner.build(
+                config.wavenet,
+                frame_channels,
+                source_channels,
+                config.log_scale_bound,
+                lag_offsets,
             )
-            for _ in range(config.flows)
-        ]
-        steps.append(AffineAutoregressive(GainConditioner(sf, config.init_log_scale), "iaf"))
+        conditioners["gain"] = GainConditioner(sf, config.init_log_scale)
         if sf:
-            steps.append(AffineAutoregressive(SynthesisConditioner(), "iaf"))
-        self.flows = nn.ModuleList(steps)
-
-    @property
-    def steps(self) -> list[AffineAutoregressive]:
-        """The flows in sampling order (WaveNet flows, gain, synthesis)."""
-        return [cast(AffineAutoregressive, flow) for flow in self.flows]
-
-    @property
-    def leading_steps(self) -> list[AffineAutoregressive]:
-        """Steps before the WaveNet flows (the mixed-excitation flow, if any)."""
-        return self.steps[: int(self.config.mixed_excitation)]
+            conditioners["synthesis"] = SynthesisConditioner(config.source_filter.fir_taps)
+        self.flows = FlowSequence(
+            {name: AffineAutoregressive(c, "iaf") for name, c in conditioners.items()}
+        )
 
     @property
     def wavenet_steps(self) -> list[AffineAutoregressive]:
-        """The WaveNet flows."""
-        first = int(self.config.mixed_excitation)
-        return self.steps[first : first + self.config.flows]
-
-    @property
-    def tail_steps(self) -> list[AffineAutoregressive]:
-        """Steps after the WaveNet flows: gain, then synthesis (source-filter models)."""
-        return self.steps[int(self.config.mixed_excitation) + self.config.flows :]
+        """The WaveNet flows, in order."""
+        return [self.flows.step(wavenet_name(i)) for i in range(self.config.flows)]
 
     @property
     def gain(self) -> GainConditioner:
-        conditioner = self.tail_steps[0].conditioner
+        conditioner = self.flows.step("gain").conditioner
         assert isinstance(conditioner, GainConditioner)
         return conditioner
-
-    @property
-    def hop_length(self) -> int:
-        return self.mel_config.hop_length
-
-    @property
-    def sample_rate(self) -> int:
-        return self.mel_config.sample_rate
-
-    def context(
-        self,
-        mel: Tensor | None = None,
-        num_samples: int | None = None,
-        speaker: Tensor | None = None,
-        batch: int = 1,
-    ) -> Context:
-        """Conditioning for a batch: ``mel`` ``(B, n_mels, M)`` -> ``(M - 1) hop`` samples."""
-        sf = self.config.source_filter if self.config.source_filter.enabled else None
-        return make_context(
-            self.front_end, self.upsampler, sf, self.pitch, mel, num_samples, speaker, batch, True
-        )
-
-    def draw_noise(
-        self, context: Context, temperature: float = 1.0, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """``z^0`` ``(B, T)``: standard normal noise times ``temperature``."""
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        param = next(self.parameters())
-        noise = torch.randn(
-            context.batch,
-            context.num_samples,
-            generator=generator,
-            dtype=param.dtype,
-            device=param.device,
-        )
-        return noise * temperature
-
-    def _check_noise(self, noise: Tensor, context: Context) -> None:
-        if noise.shape != (context.batch, context.num_samples):
-            raise ValueError(
-                f"noise has shape {tuple(noise.shape)}, expected "
-                f"({context.batch}, {context.num_samples})"
-            )
-        check_finite("noise", noise)
 
     def sample(
         self,
@@ -176,17 +120,10 @@ class IAFStudent(nn.Module):
         noise: Tensor | None = None,
     ) -> StudentSample:
         """One parallel pass ``z^0 -> x`` with the composed per-step Gaussian cached."""
-        if noise is None:
-            noise = self.draw_noise(context, temperature, generator)
-        self._check_noise(noise, context)
-        value = noise
-        mean = torch.zeros_like(noise)
-        log_scale = torch.zeros_like(noise)
-        for flow in self.flows:
-            step = flow(value, context)
-            value = step.output
-            mean, log_scale = compose_affine(mean, log_scale, step.mean, step.log_scale)
-        return StudentSample(waveform=value, noise=noise, mean=mean, log_scale=log_scale)
+        noise = self.noise_for(context, temperature, generator, noise)
+        result = self.flows.run(noise, context, compose=True)
+        assert result.mean is not None and result.log_scale is not None
+        return StudentSample(result.output, noise, result.mean, result.log_scale)
 
     @staticmethod
     def log_prob_of_sample(sample: StudentSample) -> Tensor:
@@ -204,13 +141,8 @@ class IAFStudent(nn.Module):
         noise: Tensor | None = None,
     ) -> Tensor:
         """Inference: the waveform ``(B, T)`` only, with no cache kept."""
-        if noise is None:
-            noise = self.draw_noise(context, temperature, generator)
-        self._check_noise(noise, context)
-        value = noise
-        for flow in self.flows:
-            value = flow(value, context).output
-        return value
+        noise = self.noise_for(context, temperature, generator, noise)
+        return self.flows.run(noise, context).output
 
     def stream(self, context: Context, noise: Tensor, chunk: int) -> Iterator[Tensor]:
         """Generate chunk by chunk with carried state: the concatenation equals ``generate``.
@@ -222,13 +154,7 @@ class IAFStudent(nn.Module):
         """
         if chunk <= 0:
             raise ValueError("chunk must be positive")
-        self._check_noise(noise, context)
-        streams = [Stream() for _ in self.flows]
-        for start in range(0, context.num_samples, chunk):
-            value = noise[:, start : start + chunk]
-            for flow, state in zip(self.flows, streams, strict=True):
-                value = flow(value, context, stream=state).output
-            yield value
+        return self.flows.stream(self.noise_for(context, noise=noise), context, chunk)
 
     def inverse(self, x: Tensor, context: Context, cached: bool = True) -> tuple[Tensor, Tensor]:
         """The slow sequential ``x -> z^0`` (verification and analysis only).
@@ -240,16 +166,40 @@ class IAFStudent(nn.Module):
             raise ValueError(
                 f"x has shape {tuple(x.shape)}, expected ({context.batch}, {context.num_samples})"
             )
-        check_finite("x", x)
-        value = x
-        logabsdet = x.new_zeros(x.shape[0])
-        for flow in reversed(self.steps):
-            step = flow.inverse(value, context, cached=cached)
-            value = step.output
-            logabsdet = logabsdet + step.logabsdet
-        return value, logabsdet
+        return self.flows.inverse(x, context, cached)
 
     def log_prob(self, x: Tensor, context: Context) -> Tensor:
         """``log s(x)`` ``(B,)`` of any waveform, by inversion and change of variables."""
         noise, logabsdet = self.inverse(x, context)
         return standard_normal_log_prob(noise).sum(1) + logabsdet
+
+    def flops_per_sample(self) -> dict[str, float]:
+        """Multiply-adds x 2 per generated sample: every step by name, the upsampler, total.
+
+        The per-clip analysis (linear prediction, pitch) is context, not counted.
+        """
+        hop = self.hop_length
+        counts = self.flows.flops_per_sample(hop)
+        counts["upsampler"] = sum(
+            2.0 * m.in_channels * m.out_channels * m.kernel_size[0] / hop
+            for m in self.upsampler.modules()
+            if isinstance(m, nn.Conv1d)
+        )
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+def upgrade_state_dict(state: dict[str, Tensor], config: StudentConfig) -> dict[str, Tensor]:
+    """A student state dict from distilwave 0.1.0 (steps numbered ``flows.0`` ...) with the
+    steps' names instead; a current one is returned unchanged."""
+    names = student_step_names(config)
+    upgraded = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if len(parts) > 2 and parts[0] == "flows" and parts[1].isdigit():
+            index = int(parts[1])
+            if index >= len(names):
+                raise ValueError(f"weights name flow {index}; this configuration has {len(names)}")
+            key = ".".join(["flows", names[index], *parts[2:]])
+        upgraded[key] = value
+    return upgraded

@@ -16,137 +16,101 @@ References: van den Oord et al. (2016); Ping et al., "ClariNet" (2018).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from models.conditioning import Context, Upsampler, conditioning_channels, make_context
+from models.conditioning import ConditionedModel, Context, conditioning_channels
 from models.config import MelConfig, TeacherConfig
-from models.flows import (
-    AffineAutoregressive,
-    ARConditioner,
-    Incremental,
-    QueuedWaveNet,
-    Stream,
-    sample_conditioning,
-)
+from models.flows import AffineAutoregressive, Conditioner
 from models.lpc import per_sample, time_varying_fir
-from models.mel import MelFrontEnd, check_finite
-from models.pitch import lagged_taps, lagged_value_taps
-from models.transforms import delay, gaussian_log_prob, soft_floor
-from models.wavenet import WaveNet
+from models.mel import check_finite
+from models.pitch import delayed_lag_taps
+from models.transforms import gaussian_log_prob, soft_floor
+from models.wavenet import StackState, WaveNet, rows_of
 
 
-class TeacherConditioner(ARConditioner):
-    """Reads ``x_<t`` (and the excitation it implies) -> mean, log-scale of ``x_t``."""
+@dataclass
+class TeacherPast:
+    """What the teacher's conditioner carries between chunks (one sample, when sampling)."""
 
-    def __init__(self, config: TeacherConfig, cond_channels: int) -> None:
+    stack: StackState = field(default_factory=StackState)
+    delayed: Tensor | None = None  # (B,) the last x_{t-1}
+    emphasised: Tensor | None = None  # (B, p - 1) the last y_{t-1}
+    prediction: Tensor | None = None  # (B,) the last prediction
+    gain: Tensor | None = None  # (B,) the last gain
+    lag_history: Tensor | None = None
+
+
+class TeacherConditioner(Conditioner):
+    """Reads ``x_<t`` (and the excitation it implies) -> mean, log-scale of ``x_t``.
+
+    On the delayed input ``d_t = x_{t-1}``: ``y'_t = d_t - rho d_{t-1}`` (= ``y_{t-1}``),
+    the prediction ``p_t = -sum_k a_k y_{t-k}``, the excitation
+    ``eps_{t-1} = (y'_t - p_{t-1}) / g_{t-1}``; the network reads ``(x_{t-1}, eps_{t-1})`` and,
+    with pitch, ``eps_{t-P_t+k}``.
+    """
+
+    def __init__(self, config: TeacherConfig, frame_channels: int, source_channels: int) -> None:
         super().__init__()
-        self.lag_input = config.pitch.enabled and config.pitch.lag_input
-        self.lag_offsets = config.pitch.lag_offsets if self.lag_input else []
-        in_channels = 2 + len(self.lag_offsets)
+        lag_input = config.pitch.enabled and config.pitch.lag_input
+        self.lag_offsets = config.pitch.lag_offsets if lag_input else []
         self.net = WaveNet(
-            config.wavenet, in_channels=in_channels, out_channels=2, cond_channels=cond_channels
+            config.wavenet, 2 + len(self.lag_offsets), 2, frame_channels, source_channels
         )
         self.source_filter = config.source_filter if config.source_filter.enabled else None
         self.log_scale_floor = config.log_scale_floor
 
     def forward(
-        self, v: Tensor, context: Context, stream: Stream | None = None
-    ) -> tuple[Tensor, Tensor]:
-        if stream is not None:
-            raise ValueError("the teacher's density pass is never streamed")
-        x = v
-        steps = x.shape[1]
-        previous = delay(x[:, None])[:, 0]  # x_{t-1}
+        self, delayed: Tensor, context: Context, position: int = 0, past: Any = None
+    ) -> tuple[Tensor, Tensor, TeacherPast]:
+        past = past if past is not None else TeacherPast()
+        batch, steps = delayed.shape
+        zero = delayed.new_zeros(batch)
+        log_gain = None
         if self.source_filter is not None:
             if context.lpc is None:
                 raise ValueError("the source-filter teacher needs linear prediction")
             rho = self.source_filter.preemphasis
-            y = x - rho * previous
-            coefficients = context.lpc.coefficients.to(x.dtype)
-            history = x.new_zeros(x.shape[0], coefficients.shape[-1])
-            prediction = time_varying_fir(y, -coefficients, context.hop, 0, history)
-            gain = per_sample(context.lpc.gain, 0, steps, context.hop).to(x.dtype)
-            excitation = (y - prediction) / gain
-            base = rho * previous + prediction
+            before = past.delayed if past.delayed is not None else zero
+            emphasised = delayed - rho * torch.cat([before[:, None], delayed[:, :-1]], dim=1)
+            coefficients = context.lpc.coefficients.to(delayed.dtype)
+            history = past.emphasised
+            if history is None:
+                history = delayed.new_zeros(batch, coefficients.shape[-1] - 1)
+            prediction = time_varying_fir(emphasised, -coefficients, context.hop, position, history)
+            end = position + steps
+            gain = per_sample(context.lpc.gain, position, end, context.hop).to(delayed.dtype)
+            last_prediction = past.prediction if past.prediction is not None else zero
+            last_gain = past.gain if past.gain is not None else gain[:, 0]
+            # eps_{t-1} = (y_{t-1} - p_{t-1}) / g_{t-1}: zero at t = 0 (y_{-1} = p_{-1} = 0)
+            excitation = (
+                emphasised - torch.cat([last_prediction[:, None], prediction[:, :-1]], 1)
+            ) / (torch.cat([last_gain[:, None], gain[:, :-1]], dim=1))
+            base = rho * delayed + prediction
             log_gain = torch.log(gain)
+            past.emphasised = torch.cat([history, emphasised], dim=1)[:, steps:]
+            past.prediction, past.gain = prediction[:, -1], gain[:, -1]
         else:
-            excitation, base, gain, log_gain = x, torch.zeros_like(x), torch.ones_like(x), None
-        features = delay(torch.stack([x, excitation], dim=1))  # (B, 2, T) of the past
-        if self.lag_input:
+            excitation, base, gain = delayed, torch.zeros_like(delayed), torch.ones_like(delayed)
+        past.delayed = delayed[:, -1]
+        features = torch.stack([delayed, excitation], dim=1)  # (B, 2, n): x_{t-1}, eps_{t-1}
+        if self.lag_offsets:
             if context.lag is None:
                 raise ValueError("this teacher reads pitch-lagged inputs: the context has no pitch")
-            lag = context.lag[:, :steps]
-            past_period = lagged_taps(excitation, lag, self.lag_offsets)  # eps_{t-P_t+k}
-            features = torch.cat([features, past_period], dim=1)  # (B, 2 + taps, T)
-        cond = sample_conditioning(context, 0, steps)
-        mean_net, log_scale_net = self.net(features, cond).unbind(1)  # (B, 2, T) -> 2 x (B, T)
+            taps, past.lag_history = delayed_lag_taps(
+                excitation, context.lag, self.lag_offsets, position, past.lag_history
+            )  # eps_{t-P_t+k}
+            features = torch.cat([features, taps], dim=1)  # (B, 2 + taps, n)
+        out = self.net(rows_of(features), context.conditioning, position, batch, past.stack)
+        mean_net, log_scale_net = out.reshape(steps, batch, 2).permute(2, 1, 0)  # 2 x (B, n)
         raw = log_scale_net if log_gain is None else log_gain + log_scale_net
-        return base + gain * mean_net, soft_floor(raw, self.log_scale_floor)
-
-    def incremental(self, context: Context, like: Tensor, cached: bool = True) -> Incremental:
-        if not cached:
-            return super().incremental(context, like, cached)
-        return _QueuedTeacher(self, context, like)
+        return base + gain * mean_net, soft_floor(raw, self.log_scale_floor), past
 
 
-class _QueuedTeacher:
-    """The teacher one sample at a time: WaveNet queues plus the filter's short history."""
-
-    def __init__(self, conditioner: TeacherConditioner, context: Context, like: Tensor) -> None:
-        self.conditioner = conditioner
-        self.context = context
-        self.runner = QueuedWaveNet(conditioner.net, context, like)
-        batch = context.batch
-        self.features = like.new_zeros(batch, 2)
-        self.previous = like.new_zeros(batch)
-        self.t = 0
-        sf = conditioner.source_filter
-        self.order = 0 if sf is None else sf.order
-        self.y_history = like.new_zeros(batch, max(self.order, 1))  # y_{t-1} .. y_{t-p}
-        self.prediction = like.new_zeros(batch)
-        self.gain = like.new_ones(batch)
-        self.excitations = like.new_zeros(batch, context.num_samples)
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        inputs = self.features
-        if self.conditioner.lag_input:
-            assert self.context.lag is not None
-            lag = self.context.lag[:, self.t]
-            offsets = self.conditioner.lag_offsets
-            inputs = torch.cat(
-                [inputs, lagged_value_taps(self.excitations, self.t, lag, offsets)], -1
-            )
-        mean_net, log_scale_net = self.runner(inputs).unbind(-1)
-        sf = self.conditioner.source_filter
-        floor = self.conditioner.log_scale_floor
-        if sf is None:
-            return mean_net, soft_floor(log_scale_net, floor)
-        assert self.context.lpc is not None
-        lpc = self.context.lpc
-        block = min(self.t // self.context.hop, lpc.gain.shape[1] - 1)
-        coefficients = lpc.coefficients[:, block].to(self.previous.dtype)  # (B, p)
-        self.gain = lpc.gain[:, block].to(self.previous.dtype)
-        self.prediction = -(coefficients * self.y_history).sum(-1)
-        base = sf.preemphasis * self.previous + self.prediction
-        mean = base + self.gain * mean_net
-        return mean, soft_floor(torch.log(self.gain) + log_scale_net, floor)
-
-    def push(self, value: Tensor) -> None:
-        sf = self.conditioner.source_filter
-        if sf is None:
-            excitation = value
-        else:
-            y = value - sf.preemphasis * self.previous
-            excitation = (y - self.prediction) / self.gain
-            self.y_history = torch.cat([y[:, None], self.y_history[:, :-1]], dim=1)
-        self.features = torch.stack([value, excitation], dim=-1)
-        self.excitations[:, self.t] = excitation
-        self.previous = value
-        self.t += 1
-
-
-class GaussianWaveNet(nn.Module):
+class GaussianWaveNet(ConditionedModel):
     """The teacher (MAF). Density is one parallel pass; sampling is autoregressive.
 
     Args:
@@ -154,33 +118,12 @@ class GaussianWaveNet(nn.Module):
         mel: the front end whose features condition the model.
     """
 
+    config: TeacherConfig
+
     def __init__(self, config: TeacherConfig, mel: MelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.mel_config = mel
-        self.front_end = MelFrontEnd(mel)
-        n_mels = mel.n_mels if config.conditional else 0
-        self.upsampler = Upsampler(config.upsampler, n_mels, config.n_speakers)
-        self.pitch = config.pitch if config.pitch.enabled else None
-        conditioner = TeacherConditioner(config, conditioning_channels(self.upsampler, self.pitch))
+        super().__init__(config, mel)
+        conditioner = TeacherConditioner(config, *conditioning_channels(self.upsampler, self.pitch))
         self.flow = AffineAutoregressive(conditioner, "maf")
-
-    @property
-    def hop_length(self) -> int:
-        return self.mel_config.hop_length
-
-    def context(
-        self,
-        mel: Tensor | None = None,
-        num_samples: int | None = None,
-        speaker: Tensor | None = None,
-        batch: int = 1,
-    ) -> Context:
-        """Conditioning for a batch: ``mel`` ``(B, n_mels, M)`` -> ``(M - 1) hop`` samples."""
-        sf = self.config.source_filter if self.config.source_filter.enabled else None
-        return make_context(
-            self.front_end, self.upsampler, sf, self.pitch, mel, num_samples, speaker, batch, False
-        )
 
     def _check_waveform(self, x: Tensor, context: Context) -> None:
         if x.dim() != 2:
@@ -195,7 +138,7 @@ class GaussianWaveNet(nn.Module):
     def conditionals(self, x: Tensor, context: Context) -> tuple[Tensor, Tensor]:
         """Per-step Gaussian ``(mean, log_scale)`` ``(B, T)`` of ``x_t`` given ``x_<t``."""
         self._check_waveform(x, context)
-        return self.flow.conditioner(x, context)
+        return self.flow.conditionals(x, context)
 
     def log_prob(self, x: Tensor, context: Context) -> Tensor:
         """``log t(x)`` in nats per sequence ``(B,)``, one parallel pass."""
@@ -212,22 +155,5 @@ class GaussianWaveNet(nn.Module):
         cached: bool = True,
     ) -> Tensor:
         """Autoregressive sampling ``(B, T)``; ``cached=False`` is the naive O(T^2) reference."""
-        if noise is None:
-            if temperature < 0:
-                raise ValueError("temperature must be >= 0")
-            param = next(self.parameters())
-            noise = torch.randn(
-                context.batch,
-                context.num_samples,
-                generator=generator,
-                dtype=param.dtype,
-                device=param.device,
-            )
-            noise = noise * temperature
-        if noise.shape != (context.batch, context.num_samples):
-            raise ValueError(
-                f"noise has shape {tuple(noise.shape)}, expected "
-                f"({context.batch}, {context.num_samples})"
-            )
-        check_finite("noise", noise)
+        noise = self.noise_for(context, temperature, generator, noise)
         return self.flow(noise, context, cached=cached).output

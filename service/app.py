@@ -31,7 +31,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
-from models.bundle import load_bundle
+from models.vocoder import load
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.metrics import HTTPMetricsMiddleware, ServiceMetrics, mark_process_dead
@@ -73,11 +73,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = service.settings
     threads, onednn = _configure_torch(settings)
     try:
-        bundle = await asyncio.to_thread(load_bundle, settings.bundle, settings.device)
+        vocoder = await asyncio.to_thread(load, settings.bundle, settings.device, settings.exact)
     except (ValueError, OSError) as exc:
         raise RuntimeError(f"cannot load the bundle at {settings.bundle}: {exc}") from exc
-    service.bundle = bundle
-    service.engine = Engine(bundle, settings, service.metrics)
+    bundle = vocoder.bundle
+    service.vocoder = vocoder
+    service.engine = Engine(vocoder, settings, service.metrics)
     service.engine.start()
     logger.info(
         "serving %s (%d Hz, hop %d, %d threads)",

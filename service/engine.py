@@ -1,18 +1,19 @@
-"""The inference engine: one thread per model that owns all torch work, fed by a bounded queue.
+"""The inference engine: one thread per model that owns the generation, fed by a bounded queue.
 
-The event loop never runs torch. Handlers build a ``Job`` and ``submit`` it; a full queue
+The event loop never runs torch. Handlers prepare a request (``models.vocoder.Vocoder.request``:
+its mel, context and noise, off the event loop) into a ``Job`` and ``submit`` it; a full queue
 refuses at once (the caller answers 503). The inference thread takes the first waiting job,
 waits up to ``max_delay_ms`` after its arrival for more (up to ``max_batch`` requests and
 ``max_batch_samples`` padded samples), drops jobs whose deadline passed or whose client left,
-builds each request's context alone, and generates the batch in one pass
-(``service.batching``). Results go back to the loop through asyncio futures.
+and generates the batch in one pass (``Vocoder.run``: each request padded alone, so its audio
+is what it would be alone). Results go back to the loop through asyncio futures.
 
-Generation runs ``models.inference.InferenceStudent`` (the fast CPU path; a request's audio
-batched or alone, streamed or whole, agrees within float rounding, at most one 16-bit step),
-or with ``exact`` the module itself with oneDNN off (bit-identical in all those cases).
+Generation runs the vocoder's fast CPU path (a request's audio batched or alone, streamed or
+whole, agrees within float rounding, at most one 16-bit step), or with ``exact`` the module
+itself with oneDNN off (bit-identical in all those cases).
 
 Streaming jobs share the queue (so overload and deadlines apply alike) but are not batched:
-each is generated chunk by chunk with carried state (``IAFStudent.stream``), one chunk per
+each is generated chunk by chunk with carried state (``Vocoder.stream``), one chunk per
 stream per turn of the loop, interleaved with the batches, so a long stream neither waits
 for nor blocks short requests for more than a chunk.
 """
@@ -31,14 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from models.audio import normalize_loudness
-from models.bundle import Bundle
-from models.conditioning import Context
-from models.inference import InferenceStudent
-from models.student import IAFStudent
-from service.batching import stack_contexts, stack_noise
+from models.vocoder import Vocoder
 from service.errors import APIError, invalid, unavailable
 from service.jobs import END, Job, fail, push, resolve
 from service.metrics import ServiceMetrics
@@ -52,35 +47,28 @@ POLL_S = 0.05
 @dataclass
 class _Stream:
     job: Job
-    chunks: Iterator[Tensor]
+    chunks: Iterator[np.ndarray]
     samples: int
     compute_s: float = 0.0
 
 
 class Engine:
-    """Owns the student and the inference thread.
+    """Owns the generation and the inference thread.
 
     Args:
-        bundle: the loaded bundle (student in eval mode, weight norm folded).
+        vocoder: the loaded bundle (its fast path, or the module when ``settings.exact``).
         settings: batching, queue and streaming settings.
         metrics: where to record queue, batch and inference metrics.
     """
 
-    def __init__(self, bundle: Bundle, settings: Settings, metrics: ServiceMetrics) -> None:
-        self.bundle = bundle
-        self.student = bundle.student
+    def __init__(self, vocoder: Vocoder, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.vocoder = vocoder
         self.settings = settings
         self.metrics = metrics
-        self.sample_rate = bundle.sample_rate
-        self.hop = bundle.hop_length
+        self.sample_rate = vocoder.sample_rate
+        self.hop = vocoder.hop_length
         chunk_hops = max(1, math.ceil(settings.stream_chunk_s * self.sample_rate / self.hop))
         self.stream_chunk = chunk_hops * self.hop
-        self.device = next(self.student.parameters()).device
-        # generate/stream: the fast CPU path, or the module itself when bit-exactness across
-        # batches and chunks matters more than speed (settings.exact).
-        self.runner: IAFStudent | InferenceStudent = (
-            self.student if settings.exact else InferenceStudent(self.student)
-        )
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.queue_size)
         self._carry: Job | None = None
         self._streams: list[_Stream] = []
@@ -193,24 +181,22 @@ class Engine:
     def _warm_up(self) -> None:
         """A real generation through the batched path (first-call allocations, kernels)."""
         started = time.perf_counter()
-        samples = max(
-            self.hop, round(self.settings.warmup_s * self.sample_rate / self.hop) * self.hop
-        )
-        job = Job(temperature=self.bundle.default_temperature)
-        if self.student.config.n_speakers:
-            job.speaker = 0
-        if self.student.config.conditional:
-            noise = torch.randn(samples, generator=torch.Generator().manual_seed(0))
-            audio, _ = normalize_loudness(noise, self.sample_rate, -23.0, 0.95)
-            job.waveform = audio.numpy()
+        vocoder = self.vocoder
+        samples = max(self.hop, round(self.settings.warmup_s * self.sample_rate))
+        speaker = 0 if vocoder.n_speakers else None
+        if vocoder.conditional:
+            noise = torch.randn(
+                max(samples, vocoder.min_samples), generator=torch.Generator().manual_seed(0)
+            )
+            request = vocoder.request(waveform=noise.numpy(), speaker=speaker, seed=0)
         else:
-            job.num_samples = samples
-        waveform = self._generate([self._prepare(job)])[0]
+            request = vocoder.request(num_samples=samples, speaker=speaker, seed=0)
+        waveform = vocoder.run([request])[0]
         if not np.isfinite(waveform).all():
             raise RuntimeError("the warm-up generation produced non-finite samples")
         logger.info(
             "warm-up: %.2f s of audio in %.3f s",
-            samples / self.sample_rate,
+            waveform.shape[0] / self.sample_rate,
             time.perf_counter() - started,
         )
 
@@ -284,61 +270,26 @@ class Engine:
         self.metrics.queue_depth.set(self._queue.qsize())
         return jobs
 
-    def _samples(self, job: Job) -> int:
-        if job.mel is not None:
-            return (job.mel.shape[0] - 1) * self.hop
-        if job.waveform is not None:
-            return int(job.waveform.shape[0])
-        return int(job.num_samples or 0)
-
-    def _prepare(self, job: Job) -> tuple[Context, Tensor]:
-        """The request's own context and noise (raises ``ValueError`` on bad input)."""
-        student = self.student
-        speaker = None
-        if job.speaker is not None:
-            speaker = torch.tensor([job.speaker], dtype=torch.long, device=self.device)
-        if job.waveform is not None:
-            audio = torch.from_numpy(job.waveform).to(self.device)[None]
-            context = student.context(mel=student.front_end(audio), speaker=speaker)
-        elif job.mel is not None:
-            mel = torch.from_numpy(job.mel).to(self.device).T[None].contiguous()  # (1, n_mels, M)
-            context = student.context(mel=mel, speaker=speaker)
-        else:
-            context = student.context(num_samples=job.num_samples, speaker=speaker, batch=1)
-        generator = torch.Generator(device=self.device).manual_seed(job.seed)
-        return context, student.draw_noise(context, job.temperature, generator)
-
-    def _generate(self, prepared: list[tuple[Context, Tensor]]) -> list[np.ndarray]:
-        """One padded batch through the student, split back per request."""
-        contexts = [context for context, _ in prepared]
-        output = self.runner.generate(
-            stack_contexts(contexts), noise=stack_noise([noise for _, noise in prepared])
-        )
-        return [output[i, : c.num_samples].cpu().numpy().copy() for i, c in enumerate(contexts)]
+    @staticmethod
+    def _samples(job: Job) -> int:
+        return job.request.samples if job.request is not None else 0
 
     def _run_batch(self, batch: list[Job]) -> None:
         self._busy = True
         started = time.perf_counter()
-        good: list[Job] = []
-        prepared: list[tuple[Context, Tensor]] = []
-        for job in batch:  # one request's bad input must not fail the others
-            try:
-                prepared.append(self._prepare(job))
-                good.append(job)
-            except ValueError as exc:
-                fail(job, invalid(str(exc)))
+        requests = [job.request for job in batch if job.request is not None]
         try:
-            waveforms = self._generate(prepared) if prepared else []
+            waveforms = self.vocoder.run(requests)
         except Exception:
-            logger.exception("generation failed for a batch of %d", len(good))
-            for job in good:
+            logger.exception("generation failed for a batch of %d", len(batch))
+            for job in batch:
                 fail(job, APIError(500, "generation failed", "server_error"))
             self._busy = False
             return
         elapsed = time.perf_counter() - started
         # Recorded before anyone is answered, so a client that reads /metrics next sees it.
-        self._record(len(good), elapsed, sum(w.shape[0] for w in waveforms) / self.sample_rate)
-        for job, waveform in zip(good, waveforms, strict=True):
+        self._record(len(batch), elapsed, sum(w.shape[0] for w in waveforms) / self.sample_rate)
+        for job, waveform in zip(batch, waveforms, strict=True):
             if np.isfinite(waveform).all():
                 resolve(job, waveform)
             else:
@@ -362,15 +313,9 @@ class Engine:
             self.metrics.real_time_factor.observe(elapsed / audio_s)
 
     def _start_stream(self, job: Job) -> None:
-        started = time.perf_counter()
-        try:
-            context, noise = self._prepare(job)
-        except ValueError as exc:
-            fail(job, invalid(str(exc)))
-            return
-        chunks = self.runner.stream(context, noise, self.stream_chunk)
-        elapsed = time.perf_counter() - started
-        self._streams.append(_Stream(job, chunks, context.num_samples, elapsed))
+        assert job.request is not None
+        chunks = self.vocoder.stream(job.request, self.stream_chunk)
+        self._streams.append(_Stream(job, chunks, job.request.length))
 
     def _advance(self, stream: _Stream) -> None:
         job = stream.job
@@ -391,4 +336,4 @@ class Engine:
             push(job, APIError(500, "generation failed", "server_error"))
             return
         stream.compute_s += time.perf_counter() - started
-        push(job, chunk[0].cpu().numpy().copy())
+        push(job, chunk)

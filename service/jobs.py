@@ -15,31 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from models.vocoder import Prepared
+
 END = object()
 
 
 @dataclass
 class Job:
-    """One generation request. Exactly one of ``mel``, ``waveform``, ``num_samples`` is set.
+    """One generation request.
 
     Attributes:
-        mel: ``(M, n_mels)`` normalised log-mel, frames x bands (conditional models).
-        waveform: ``(T,)`` audio at the bundle's rate, ``T`` a multiple of hop; its mel is
-            computed by the bundle's front end on the inference thread.
-        num_samples: samples to generate (unconditional models).
-        speaker: speaker id for multi-speaker bundles.
-        temperature: noise scale.
-        seed: seeds this request's own generator (so batching cannot change its noise).
+        request: the prepared request (``Vocoder.request``: context, noise drawn from the
+            request's own seed so batching cannot change it, length and gain).
         stream: deliver chunks as they are generated.
         deadline: ``time.monotonic()`` after which the job is dropped unstarted.
     """
 
-    mel: np.ndarray | None = None
-    waveform: np.ndarray | None = None
-    num_samples: int | None = None
-    speaker: int | None = None
-    temperature: float = 1.0
-    seed: int = 0
+    request: Prepared | None = None
     stream: bool = False
     deadline: float = math.inf
     enqueued: float = 0.0

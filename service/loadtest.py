@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.audio import normalize_loudness
 from models.bundle import Bundle, load_bundle
-from models.inference import InferenceStudent
+from models.vocoder import Vocoder
 
 logger = logging.getLogger("distilwave.loadtest")
 
@@ -59,7 +59,10 @@ def _test_signal(bundle: Bundle, seconds: float) -> torch.Tensor:
     phase = 2 * torch.pi * torch.cumsum(pitch, 0) / rate
     voiced = sum(torch.sin(k * phase) / k for k in range(1, 8))
     noise = 0.05 * torch.randn(t.shape[0], generator=torch.Generator().manual_seed(0))
-    signal, _ = normalize_loudness(voiced + noise, rate, -23.0, 0.95)
+    convention = bundle.audio
+    signal, _ = normalize_loudness(
+        voiced + noise, rate, convention.loudness_lufs, convention.peak_limit
+    )
     return signal
 
 
@@ -89,28 +92,28 @@ def raw_speed(
     torch.set_num_threads(threads)
     if exact:
         torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # as the service
-    student = bundle.student
-    runner = student if exact else InferenceStudent(student)
+    vocoder = Vocoder(bundle, exact=exact)
     try:
         with torch.inference_mode():
             signal = _test_signal(bundle, seconds)
             started = time.perf_counter()
-            if student.config.conditional:
-                context = student.context(mel=student.front_end(signal))
+            if vocoder.conditional:
+                request = vocoder.request(waveform=signal.numpy(), temperature=1.0, seed=0)
             else:
-                context = student.context(num_samples=int(seconds * bundle.sample_rate))
-            context_s = time.perf_counter() - started  # front end, upsampler, LPC (once)
-            noise = student.draw_noise(context, 1.0, torch.Generator().manual_seed(0))
+                samples = int(seconds * bundle.sample_rate)
+                request = vocoder.request(num_samples=samples, temperature=1.0, seed=0)
+            context_s = time.perf_counter() - started  # front end, upsampler, LPC, pitch (once)
             for _ in range(2):
-                runner.generate(context, noise=noise)
+                vocoder.run([request])
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                runner.generate(context, noise=noise)
+                vocoder.run([request])
                 times.append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(previous[0])
         torch.backends.mkldnn.enabled = previous[1]  # type: ignore[assignment]
+    context = request.context
     audio_s = context.num_samples / bundle.sample_rate
     median = float(np.median(times))
     return {

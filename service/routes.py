@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import numpy as np
-import torch
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from models.audio import normalize_loudness
+from models.vocoder import Prepared
 from service.audio import (
     CONTENT_TYPES,
     check_mel,
@@ -39,38 +38,14 @@ from service.schemas import (
 )
 from service.state import Options, ServiceDep, ServiceState
 
-# The loudness convention of the training data (training.data.processing does the same).
-TARGET_LUFS = -23.0
-PEAK_LIMIT = 0.95
-
 router = APIRouter()
-PostProcess = Callable[[np.ndarray], np.ndarray]
-
-
-class _Trim:
-    """Trim the padding to whole hops and undo an input gain, whole or chunk by chunk.
-
-    The student is causal, so the first ``length`` samples of a longer clip are exactly the
-    samples a clip of ``length`` would have (given the same noise there).
-    """
-
-    def __init__(self, length: int, gain: float = 1.0) -> None:
-        self.gain = gain
-        self.remaining = length
-
-    def __call__(self, waveform: np.ndarray) -> np.ndarray:
-        kept = waveform[: max(self.remaining, 0)]
-        self.remaining -= kept.shape[0]
-        return kept / self.gain
 
 
 def _headers(options: Options, sample_rate: int) -> dict[str, str]:
     return {"X-Seed": str(options.seed), "X-Sample-Rate": str(sample_rate)}
 
 
-async def _respond(
-    service: ServiceState, job: Job, options: Options, post: PostProcess | None = None
-) -> Response:
+async def _respond(service: ServiceState, job: Job, options: Options) -> Response:
     engine = service.require_engine()
     rate = engine.sample_rate
     media = CONTENT_TYPES[options.response_format]
@@ -82,27 +57,36 @@ async def _respond(
             if options.response_format == "wav":
                 yield wav_header(rate, None)
             async for chunk in chunks:
-                yield pcm16(post(chunk) if post else chunk)
+                yield pcm16(chunk)
 
         return StreamingResponse(body(), media_type=media, headers=headers)
     started = time.perf_counter()
     waveform = await engine.generate(job)
-    # Queue wait, mel and model for this request, measured here; not decoding nor encoding.
+    # Queue wait and generation for this request, measured here; not decoding nor encoding.
     headers["X-Generation-Seconds"] = f"{time.perf_counter() - started:.4f}"
-    if post is not None:
-        waveform = post(waveform)
     headers["X-Audio-Seconds"] = f"{waveform.shape[0] / rate:.4f}"
     data = await run_in_threadpool(encode, waveform, rate, options.response_format)
     return Response(data, media_type=media, headers=headers)
 
 
-def _job(service: ServiceState, options: Options) -> Job:
-    return Job(
-        speaker=options.speaker,
-        temperature=options.temperature,
-        seed=options.seed,
-        deadline=time.monotonic() + service.settings.request_timeout_s,
-    )
+async def _job(service: ServiceState, options: Options, **source: np.ndarray | int) -> Job:
+    """Prepare the request off the event loop (its mel, context and noise) into a job."""
+    vocoder = service.require_vocoder()
+
+    def prepare() -> Prepared:
+        try:
+            return vocoder.request(
+                **source,  # type: ignore[arg-type]
+                speaker=options.speaker,
+                temperature=options.temperature,
+                seed=options.seed,
+            )
+        except ValueError as exc:
+            raise invalid(str(exc)) from exc
+
+    request = await run_in_threadpool(prepare)
+    deadline = time.monotonic() + service.settings.request_timeout_s
+    return Job(request=request, deadline=deadline)
 
 
 def _conditional(service: ServiceState, endpoint: str) -> None:
@@ -143,8 +127,7 @@ async def vocode(request: VocodeRequest, service: ServiceDep) -> Response:
             raw = raw[None]
     limit = service.settings.mel_frame_limit(bundle.sample_rate, bundle.hop_length)
     mel = check_mel(raw, bundle.mel.n_mels, limit, service.settings.max_mel_magnitude)
-    job = _job(service, options)
-    job.mel = np.concatenate([mel, mel[-1:]], axis=0)
+    job = await _job(service, options, mel=np.ascontiguousarray(mel.T))
     return await _respond(service, job, options)
 
 
@@ -182,32 +165,8 @@ async def resynthesize(
     decoded = await run_in_threadpool(
         decode_upload, data, bundle.sample_rate, service.settings.max_upload_s
     )
-    padded, gain = await run_in_threadpool(
-        _normalise_and_pad,
-        decoded.waveform,
-        bundle.sample_rate,
-        bundle.hop_length,
-        bundle.mel.n_fft,
-    )
-    job = _job(service, options)
-    job.waveform = padded
-    post = _Trim(decoded.waveform.shape[0], gain)
-    return await _respond(service, job, options, post)
-
-
-def _normalise_and_pad(
-    waveform: np.ndarray, sample_rate: int, hop: int, n_fft: int
-) -> tuple[np.ndarray, float]:
-    """Scale to the training loudness; zero-pad to whole hops (and past half the FFT)."""
-    with torch.inference_mode():
-        scaled, gain = normalize_loudness(
-            torch.from_numpy(waveform), sample_rate, TARGET_LUFS, PEAK_LIMIT
-        )
-    minimum = n_fft // 2 + 1
-    blocks = max(-(-waveform.shape[0] // hop), -(-minimum // hop))
-    padded = np.zeros(blocks * hop, dtype=np.float32)
-    padded[: waveform.shape[0]] = scaled.numpy()
-    return padded, gain
+    job = await _job(service, options, waveform=decoded.waveform)
+    return await _respond(service, job, options)
 
 
 @router.post(
@@ -236,11 +195,10 @@ async def generate(request: GenerateRequest, service: ServiceDep) -> Response:
             "duration_s",
             "duration_out_of_range",
         )
-    job = _job(service, options)
-    samples = samples_for(request.duration_s, bundle.sample_rate)
-    hop = bundle.hop_length
-    job.num_samples = -(-samples // hop) * hop  # whole hops: every batch and chunk alike
-    return await _respond(service, job, options, _Trim(samples))
+    job = await _job(
+        service, options, num_samples=samples_for(request.duration_s, bundle.sample_rate)
+    )
+    return await _respond(service, job, options)
 
 
 @router.get(

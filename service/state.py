@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -10,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
-from models.bundle import VERSION, Bundle
+from models.bundle import Bundle
+from models.vocoder import Vocoder
 from service.engine import Engine
 from service.errors import APIError, invalid, unavailable
 from service.metrics import ServiceMetrics
@@ -41,7 +41,7 @@ class ServiceState:
     settings: Settings
     registry: CollectorRegistry
     metrics: ServiceMetrics
-    bundle: Bundle | None = None
+    vocoder: Vocoder | None = None
     engine: Engine | None = None
     draining: bool = False
     requests: InFlight = field(default_factory=InFlight)
@@ -99,30 +99,18 @@ class ServiceState:
         )
 
     def speaker_id(self, speaker: int | str | None) -> int | None:
-        bundle = self.require_bundle()
-        count = bundle.config.n_speakers
-        if count == 0:
-            if speaker is not None:
-                raise invalid("this model has a single speaker: omit speaker", "speaker")
-            return None
-        names = bundle.speakers
-        described = f"ids 0..{count - 1}" + (f" or names {names}" if names else "")
-        if speaker is None:
-            raise invalid(f"this model has {count} speakers: pass speaker ({described})", "speaker")
-        if isinstance(speaker, str):
-            if speaker in names:
-                return names.index(speaker)
-            if not speaker.isdigit():
-                raise invalid(f"unknown speaker {speaker!r}; use {described}", "speaker")
-            speaker = int(speaker)
-        if not 0 <= speaker < count:
-            raise invalid(f"speaker {speaker} out of range; use {described}", "speaker")
-        return speaker
+        try:
+            return self.require_vocoder().speaker_id(speaker)
+        except ValueError as exc:
+            raise invalid(str(exc), "speaker") from exc
+
+    def require_vocoder(self) -> Vocoder:
+        if self.vocoder is None:
+            raise unavailable("the model is still loading", "loading", self.settings.retry_after_s)
+        return self.vocoder
 
     def require_bundle(self) -> Bundle:
-        if self.bundle is None:
-            raise unavailable("the model is still loading", "loading", self.settings.retry_after_s)
-        return self.bundle
+        return self.require_vocoder().bundle
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -133,11 +121,8 @@ class ServiceState:
         bundle = self.require_bundle()
         config, card, settings = bundle.config, bundle.card, self.settings
         wavenet = config.wavenet
-        created, version = 0, VERSION
-        if bundle.path is not None:
-            config_path = bundle.path / "config.json"
-            created = int(config_path.stat().st_mtime)
-            version = json.loads(config_path.read_text("utf-8")).get("distilwave_version", version)
+        # what was loaded, never re-read: the card always describes the model being served
+        created, version = int(bundle.created), bundle.distilwave_version
         name = card.get("name") or (bundle.path.name if bundle.path else "distilwave")
         return ModelCard(
             id=str(name),

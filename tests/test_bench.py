@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.report import render_markdown
+from benchmarks.run import student_flops
 from models.bundle import save_bundle
 from models.config import (
     MelConfig,
@@ -19,8 +21,6 @@ from models.config import (
     WaveNetConfig,
 )
 from models.student import IAFStudent
-from training.bench import student_flops
-from training.bench_report import render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def tiny_bundle(tmp_path: Path) -> Path:
 def test_bench_writes_valid_json(tiny_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, "-m", "training.cli", "bench", "--bundle", str(tiny_bundle),
+        sys.executable, "-m", "distilwave.cli", "bench", "--bundle", str(tiny_bundle),
         "--preset", "smoke", "--quick", "--sections", "generation,limit,scaling",
         "--out", str(out),
     ]  # fmt: skip
@@ -70,7 +70,7 @@ def test_bench_writes_valid_json(tiny_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_bench_rejects_unknown_section(tiny_bundle: Path) -> None:
-    command = [sys.executable, "-m", "training.cli", "bench", "--bundle", str(tiny_bundle)]
+    command = [sys.executable, "-m", "distilwave.cli", "bench", "--bundle", str(tiny_bundle)]
     done = subprocess.run(
         [*command, "--sections", "speed"], capture_output=True, text=True, timeout=120
     )

@@ -128,7 +128,7 @@ def test_gpu_override_reserves_gpus_and_runs_torchrun() -> None:
     for name in ("train-teacher", "distill"):
         entrypoint = gpu[name]["entrypoint"]
         assert entrypoint[0] == "torchrun" and "--nproc-per-node" in entrypoint
-        assert entrypoint[-2:] == ["-m", "training.cli"]
+        assert entrypoint[-2:] == ["-m", "distilwave.cli"]
 
 
 def _dockerignore_excludes(path: str) -> bool:

@@ -9,6 +9,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from models.config import MelConfig, StrictModel, StudentConfig, TeacherConfig
+from models.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -131,7 +132,7 @@ class Preset(StrictModel):
         return loop.segment_samples or self.data.segment_samples
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A preset that does not exist or does not validate; the message is one line."""
 
 

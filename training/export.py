@@ -10,50 +10,22 @@ from typing import Any
 import torch
 
 from models.bundle import FORMAT, VERSION, save_bundle
-from models.student import IAFStudent
-from training.checkpoint import CheckpointManager, load_checkpoint
-from training.config import Preset, preset_from_dict
-from training.errors import UserError
+from models.config import AudioConvention
+from models.errors import UserError
+from training.config import Preset
+from training.recipes.common import load_student
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(path: Path, kind: str) -> Path:
-    """A checkpoint file, or a run directory's ``best.pt`` (else its newest step)."""
-    if path.is_dir():
-        manager = CheckpointManager(path / "checkpoints", keep=1)
-        if manager.best_path.is_file():
-            return manager.best_path
-        found = manager.latest()
-        if found is None:
-            raise UserError(f"{path} holds no {kind} checkpoint")
-        return found[0]
-    if not path.is_file():
-        raise UserError(f"no {kind} checkpoint at {path}")
-    return path
-
-
-def load_student(path: Path, device: torch.device) -> tuple[IAFStudent, Preset, dict[str, Any]]:
-    """The EMA student, the preset it was trained with and its checkpoint metadata."""
-    path = resolve_checkpoint(path, "student")
-    state = load_checkpoint(path)
-    if state.get("kind") != "student":
-        raise UserError(f"{path} is a {state.get('kind')} checkpoint, not a student")
-    preset = preset_from_dict(state["config"]["preset"])
-    student = IAFStudent(preset.student, preset.mel)
-    student.load_state_dict(state["ema"]["shadow"])
-    log.info("loaded student (EMA) from %s, step %d", path, state["step"])
-    meta = {"step": state["step"], "elapsed_seconds": state.get("elapsed"), "checkpoint": str(path)}
-    meta["teacher"] = state["config"].get("teacher")
-    return student.to(device).eval(), preset, meta
 
 
 def _data_card(data_dir: Path | None) -> dict[str, Any]:
     if data_dir is None or not (data_dir / "prepared.json").is_file():
         return {}
     prepared = json.loads((data_dir / "prepared.json").read_text())
+    source = prepared.get("source")
     card: dict[str, Any] = {
-        "source": prepared.get("source"),
+        # the folder's name only: a card is public, the trainer's paths are not
+        "source": Path(source).name if source else None,
         "counts": prepared.get("counts"),
         "speakers": prepared.get("speakers"),
     }
@@ -61,6 +33,17 @@ def _data_card(data_dir: Path | None) -> dict[str, Any]:
     if attribution.is_file():
         card["attribution"] = attribution.read_text(encoding="utf-8")
     return card
+
+
+def audio_convention(preset: Preset, data_dir: Path | None) -> AudioConvention:
+    """The loudness the training data was brought to: the prepared corpus's own record, else
+    the preset's data settings."""
+    data = preset.data.model_dump()
+    if data_dir is not None and (data_dir / "prepared.json").is_file():
+        recorded = json.loads((data_dir / "prepared.json").read_text()).get("data")
+        if isinstance(recorded, dict):
+            data = {**data, **recorded}
+    return AudioConvention(loudness_lufs=data["loudness_lufs"], peak_limit=data["peak_limit"])
 
 
 def _readme(card: dict[str, Any]) -> str:
@@ -155,6 +138,7 @@ def export_bundle(
         default_temperature=preset.evaluation.temperature,
         card=card,
         readme=_readme(card),
+        audio=audio_convention(preset, data_dir),
     )
     log.info("bundle written to %s", out)
     return out

@@ -17,15 +17,16 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import CheckpointManager, atomic_write_json
+from models.errors import UserError
+from models.files import atomic_write_json
 from training.config import Preset
 from training.data.fetch import resolve_corpus
 from training.data.prepare import prepare_corpus
-from training.errors import UserError
-from training.evaluate import evaluate
-from training.export import export_bundle, load_student
-from training.jobs import check_device, run_student, run_teacher
-from training.teacher_job import load_teacher
+from training.evaluation.evaluate import evaluate
+from training.export import export_bundle
+from training.loop.checkpoint import CheckpointManager
+from training.recipes.common import load_student, load_teacher
+from training.recipes.jobs import check_device, run_student, run_teacher
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from models.flows import AffineAutoregressive, ARConditioner
+from models.flows import AffineAutoregressive, Conditioner
 from tests.models.helpers import (
     VARIANTS,
     make_context,
@@ -54,10 +54,8 @@ def _step(variant, kind, batch=2, frames=3, weight_norm=False):
         flow = model.flow
     else:
         model = make_student(variant, weight_norm=weight_norm)
-        index = {"student-wavenet": 0, "student-gain": -2, "student-synthesis": -1}[kind]
-        if kind == "student-gain" and not variant.source_filter:
-            index = -1
-        flow = model.steps[index]
+        name = {"student-wavenet": "wavenet_1", "student-gain": "gain"}.get(kind, "synthesis")
+        flow = model.flows.step(name)
     context = make_context(model, variant, batch=batch, frames=frames)
     return model, flow, context, random_signal(context, seed=21)
 
@@ -153,4 +151,4 @@ def test_step_gradient_reaches_every_parameter_of_its_conditioner(variant, kind,
 
 def test_affine_step_rejects_an_unknown_direction():
     with pytest.raises(ValueError, match="direction"):
-        AffineAutoregressive(ARConditioner(), "forward")  # type: ignore[arg-type]
+        AffineAutoregressive(Conditioner(), "forward")  # type: ignore[arg-type]

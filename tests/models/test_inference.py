@@ -37,15 +37,6 @@ def test_stream_concatenates_to_one_pass(variant):
         torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_generate_draws_noise_like_module():
-    variant = VARIANTS[0]
-    student = make_student(variant)
-    context = make_context(student, variant)
-    expected = student.generate(context, 0.7, torch.Generator().manual_seed(3))
-    got = InferenceStudent(student).generate(context, 0.7, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-
-
 def test_rejects_bad_noise_and_chunk():
     variant = VARIANTS[0]
     student = make_student(variant)

@@ -145,7 +145,7 @@ def test_fir_synthesis_flow_equals_the_all_pole_filter_before_truncation_matters
     taps = student.config.source_filter.fir_taps
     context = _constant_filter_context(student, frames=taps // HOP + 1)  # T = J samples
     excitation = torch.randn(2, context.num_samples, dtype=torch.float64)
-    synthesis = student.steps[-1]
+    synthesis = student.flows.step("synthesis")
     denominator = _synthesis_denominator(context, student.config.source_filter.preemphasis)
     torch.testing.assert_close(
         synthesis(excitation, context).output,
@@ -161,7 +161,7 @@ def test_fir_synthesis_flow_equals_the_all_pole_filter_within_the_truncation_bou
     context = _constant_filter_context(student, frames=4 * taps // HOP + 1)  # T = 4 J
     excitation = torch.randn(2, context.num_samples, dtype=torch.float64)
     denominator = _synthesis_denominator(context, student.config.source_filter.preemphasis)
-    difference = student.steps[-1](excitation, context).output - all_pole_reference(
+    difference = student.flows.step("synthesis")(excitation, context).output - all_pole_reference(
         excitation, denominator
     )
     # x_t - y_t = -sum_{j > J} h_j e_{t-j}, so |x_t - y_t| <= max|e| sum_{j > J} |h_j|.

@@ -17,8 +17,9 @@ from models.pitch import (
     band_limited_pulses,
     estimate_pitch,
     history_length,
+    delayed_lag_taps,
     lagged,
-    lagged_value,
+    lagged_taps,
     periodic_source,
     pitch_lag,
     source_channels,
@@ -95,10 +96,22 @@ def test_lagged_in_chunks_with_history_equals_one_pass(sizes):
     torch.testing.assert_close(torch.cat(pieces, 1), lagged(sequence, lag), rtol=0, atol=1e-14)
 
 
-def test_lagged_value_is_one_step_of_lagged():
+@pytest.mark.parametrize("sizes", [[1] * 20, [6, 14]], ids=["ones", "6-14"])
+def test_lag_taps_from_the_delayed_variable_equal_lag_taps_of_the_variable(sizes):
+    # A conditioner gets v delayed by one; its taps v_{t-P+k} must be the same values.
     sequence, lag = _sequence_and_lag(3, 20, seed=3)
-    steps = [lagged_value(sequence, t, lag[:, t]) for t in range(20)]
-    torch.testing.assert_close(torch.stack(steps, 1), lagged(sequence, lag), rtol=0, atol=1e-14)
+    lag = lag + 1.0  # P - k >= 2 for k = 1
+    offsets = [-1, 0, 1]
+    delayed = torch.nn.functional.pad(sequence[:, :-1], (1, 0))
+    history, pieces, start = None, [], 0
+    for size in sizes:
+        taps, history = delayed_lag_taps(
+            delayed[:, start : start + size], lag, offsets, start, history
+        )
+        pieces.append(taps)
+        start += size
+    expected = lagged_taps(sequence, lag, offsets)
+    torch.testing.assert_close(torch.cat(pieces, 2), expected, rtol=0, atol=1e-14)
 
 
 def test_pitch_lag_is_the_period_at_frame_centres_and_at_least_two_samples():

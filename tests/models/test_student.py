@@ -11,7 +11,7 @@ from torch.autograd.functional import jacobian
 
 from models.conditioning import interpolate_frames
 from models.config import StudentConfig
-from models.flows import QueuedWaveNet
+import models.wavenet
 from models.student import IAFStudent
 from tests.models.helpers import (
     HOP,
@@ -25,6 +25,12 @@ from tests.models.helpers import (
 )
 
 KERNELS = pytest.mark.parametrize("kernel_size", [2, 3])
+EXCITATION_AND_GAIN = ("excitation", "gain")  # steps that depend on the conditioning only
+
+
+def steps(student):
+    """Every step of the student, in sampling order."""
+    return [student.flows.step(name) for name in student.flows.names()]
 ALL_VARIANTS = pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 
 
@@ -47,7 +53,7 @@ def test_every_student_flow_step_ignores_the_present_and_future_of_its_input(
     student, context, u = _student_case(variant, kernel_size)
     perturbed = u.clone()
     perturbed[:, position:] += torch.randn_like(perturbed[:, position:])
-    for index, flow in enumerate(student.steps):
+    for index, flow in enumerate(steps(student)):
         step, step_p = flow(u, context), flow(perturbed, context)
         past = slice(0, position + 1)
         assert torch.equal(step.mean[:, past], step_p.mean[:, past]), f"flow {index} mean"
@@ -67,7 +73,7 @@ def test_student_wavenet_and_synthesis_flows_depend_on_the_previous_input(
     perturbed[:, position] += 1.0
     # The gain and mixed-excitation flows depend on the conditioning only (no autoregressive
     # part); every other flow must read u_{t-1}.
-    flows = student.wavenet_steps + student.tail_steps[1:]
+    flows = [student.flows.step(n) for n in student.flows.names() if n not in EXCITATION_AND_GAIN]
     for index, flow in enumerate(flows):
         step, step_p = flow(u, context), flow(perturbed, context)
         assert (step.mean[:, position + 1] != step_p.mean[:, position + 1]).any(), f"flow {index}"
@@ -98,7 +104,8 @@ def test_student_sample_and_composed_gaussian_ignore_the_present_and_future_nois
 @KERNELS
 @pytest.mark.parametrize("cached", [True, False], ids=["cached", "naive"])
 def test_student_inversion_recovers_the_noise(variant, kernel_size, cached, monkeypatch):
-    monkeypatch.setattr(QueuedWaveNet, "chunk", 5)  # cross conditioning-chunk boundaries
+    # cross the boundaries of the gate inputs computed ahead when one sample runs at a time
+    monkeypatch.setattr(models.wavenet, "SEQUENTIAL_CONDITIONING", 5)
     student, context, noise = _student_case(variant, kernel_size)
     x = student.generate(context, noise=noise)
     recovered, _ = student.inverse(x, context, cached=cached)
@@ -181,7 +188,7 @@ def test_composed_gaussian_reproduces_the_waveform_of_the_flows_applied_one_by_o
 ):
     student, context, noise = _student_case(variant, kernel_size)
     value = noise
-    for flow in student.steps:
+    for flow in steps(student):
         value = flow(value, context).output
     sample = student.sample(context, noise=noise)
     composed = sample.mean + torch.exp(sample.log_scale) * sample.noise
@@ -192,7 +199,7 @@ def test_composed_gaussian_reproduces_the_waveform_of_the_flows_applied_one_by_o
 def test_composed_log_scale_is_the_sum_of_the_flows_log_scales(variant):
     student, context, noise = _student_case(variant)
     value, total = noise, torch.zeros_like(noise)
-    for flow in student.steps:
+    for flow in steps(student):
         step = flow(value, context)
         value, total = step.output, total + step.log_scale
     torch.testing.assert_close(
@@ -385,7 +392,7 @@ def test_fresh_mixed_excitation_is_voiced_pulses_plus_unvoiced_noise(variant):
     voiced = interpolate_frames(context.voicing[:, None], 0, context.num_samples, context.hop)[:, 0]
     floor = fresh.config.excitation_noise_floor
     expected = torch.sqrt(voiced) * context.pulses + torch.sqrt(1 - voiced * (1 - floor)) * noise
-    torch.testing.assert_close(fresh.leading_steps[0](noise, context).output, expected)
+    torch.testing.assert_close(fresh.flows.step("excitation")(noise, context).output, expected)
     sample = fresh.sample(context, noise=noise)
     gain = context.lpc.gain.repeat_interleave(context.hop, dim=1)
     torch.testing.assert_close(
@@ -396,7 +403,7 @@ def test_fresh_mixed_excitation_is_voiced_pulses_plus_unvoiced_noise(variant):
 @pytest.mark.parametrize("variant", EXCITATION_VARIANTS, ids=str)
 def test_mixed_excitation_ignores_its_input_history_and_learns_the_voicing(variant):
     student, context, u = _student_case(variant, 2)
-    flow = student.leading_steps[0]
+    flow = student.flows.step("excitation")
     perturbed = u.clone()
     perturbed[:, 5] += 1.0
     step, step_p = flow(u, context), flow(perturbed, context)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from models.flows import QueuedWaveNet
+import models.wavenet
+from models.flows import StepState
 from models.lpc import LinearPrediction
 from models.transforms import standard_normal_log_prob
 from tests.models.helpers import (
@@ -99,10 +100,10 @@ def test_teacher_density_jacobian_is_lower_triangular(variant, kernel_size):
 @ALL_VARIANTS
 @KERNELS
 def test_teacher_cached_sampling_matches_naive_to_1e12_float64(variant, kernel_size, monkeypatch):
-    # The two paths do the same maths in a different order (ring-buffer matmuls against the
-    # full convolution), so they agree to rounding, not bit for bit. A conditioning chunk of 5
-    # samples makes the cached path cross several chunk boundaries.
-    monkeypatch.setattr(QueuedWaveNet, "chunk", 5)
+    # The two paths do the same maths in a different order (one sample with carried state
+    # against the whole prefix again), so they agree to rounding, not bit for bit. Gate inputs
+    # computed 5 samples ahead make the cached path cross several of their boundaries.
+    monkeypatch.setattr(models.wavenet, "SEQUENTIAL_CONDITIONING", 5)
     teacher = make_teacher(variant, kernel_size, std=0.2)
     context = make_context(teacher, variant, frames=4)  # T = 24
     noise = random_signal(context, seed=5, scale=1.0)
@@ -232,24 +233,30 @@ def test_teacher_log_prob_rejects_a_waveform_that_does_not_match_the_context(var
         teacher.log_prob(bad, context)
 
 
-def test_teacher_density_pass_refuses_a_stream():
-    variant = VARIANTS[0]
-    teacher = make_teacher(variant)
-    context = make_context(teacher, variant)
-    from models.flows import Stream
-
-    with pytest.raises(ValueError, match="never streamed"):
-        teacher.flow.conditioner(random_signal(context, seed=1), context, Stream())
+@ALL_VARIANTS
+@pytest.mark.parametrize("chunk", [1, 5, 8, 13])
+def test_teacher_conditionals_chunk_by_chunk_equal_one_pass(variant, chunk):
+    # The conditioner carries its state (the stack's left context, the filter's history, the
+    # excitation's lag history) from chunk to chunk: the same code that samples one at a time.
+    teacher = make_teacher(variant, std=0.2)
+    context = make_context(teacher, variant, frames=5)  # T = 32
+    x = random_signal(context, seed=3)
+    mean, log_scale = teacher.conditionals(x, context)
+    state, means, log_scales = StepState(), [], []
+    for start in range(0, x.shape[1], chunk):
+        m, s = teacher.flow.conditionals(x[:, start : start + chunk], context, state)
+        means.append(m)
+        log_scales.append(s)
+    torch.testing.assert_close(torch.cat(means, 1), mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cat(log_scales, 1), log_scale, rtol=0, atol=1e-12)
 
 
 def test_maf_sampling_refuses_a_stream():
     variant = VARIANTS[0]
     teacher = make_teacher(variant)
     context = make_context(teacher, variant)
-    from models.flows import Stream
-
     with pytest.raises(ValueError, match="no stream"):
-        teacher.flow(random_signal(context, seed=1), context, stream=Stream())
+        teacher.flow(random_signal(context, seed=1), context, state=StepState())
 
 
 @pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[4]], ids=str)

@@ -124,12 +124,13 @@ def free_port() -> int:
 
 
 def record_models(bundle_dir: Path, teacher_state: dict, teacher_config: dict) -> dict:
+    from service.batching import stack_contexts, stack_noise
+
     from models.audio import normalize_loudness
     from models.bundle import load_bundle
     from models.config import MelConfig, TeacherConfig
     from models.inference import InferenceStudent
     from models.teacher import GaussianWaveNet
-    from service.batching import stack_contexts, stack_noise
 
     torch.backends.mkldnn.enabled = False  # as the service's exact mode runs
     student = load_bundle(bundle_dir).student

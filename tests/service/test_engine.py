@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
+from service.batching import stack_contexts, stack_noise
 
 from models.bundle import load_bundle
-from service.batching import stack_contexts, stack_noise
 from service.engine import Engine
 from service.jobs import Job
 from tests.service.conftest import assert_same_audio, mel_of, running, settings_for

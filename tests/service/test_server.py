@@ -159,7 +159,7 @@ def test_stream_sends_first_bytes_before_generation_ends(uvicorn_server, speech)
 def test_cli_serve_with_two_workers_aggregates_metrics(bundles, speech, tmp_path):
     port = free_port()
     command = [
-        sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundles["cond"]),
+        sys.executable, "-m", "distilwave.cli", "serve", "--bundle", str(bundles["cond"]),
         "--port", str(port), "--workers", "2", "--log-level", "warning",
     ]  # fmt: skip
     mel = mel_of(speech[0], 20)

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from distilwave.cli.data import app
+from models.errors import UserError
 from tests.training.test_data_support import copy_clips, manifest, tiny_preset
 from training.config import ConfigError
 from training.data import fetch
-from training.data.cli import app
-from training.errors import UserError
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def preset_file(tmp_path: Path) -> Path:
 
 
 def _distilwave(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "training.cli", *args]
+    command = [sys.executable, "-m", "distilwave.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from models.errors import UserError
 from training.data import fetch
-from training.errors import UserError
 
 
 def _check(audio_dir: Path, cache: Path) -> None:

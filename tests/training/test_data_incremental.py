@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from models.errors import UserError
 from tests.training.test_data_support import clips, copy_clips, manifest, rows_by_id, tiny_preset
 from training.data import processing
 from training.data.prepare import prepare_corpus
-from training.errors import UserError
 
 
 def _prepare(src: Path, out: Path, **data: object) -> dict:

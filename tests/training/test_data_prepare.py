@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 from safetensors import safe_open
 
+from models.errors import UserError
 from models.mel import MelFrontEnd
 from tests.training.test_data_support import (
     FIXTURES,
@@ -27,7 +28,6 @@ from tests.training.test_data_support import (
 from training.data import processing
 from training.data.dataset import PreparedCorpus
 from training.data.prepare import prepare_corpus
-from training.errors import UserError
 
 
 def _stored_audio(out: Path, utt_id: str) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests.models.helpers import VARIANTS, make_student, random_mel
-from training.evaluate import _untrained_structure
+from training.evaluation.evaluate import _untrained_structure
 
 MIX = next(v for v in VARIANTS if v.excitation)
 SF = next(v for v in VARIANTS if v.name == "sf")

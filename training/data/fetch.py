@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from training.data.shards import atomic_write_json, atomic_write_text
-from training.errors import UserError
+from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ from training.data.shards import (
     shard_paths,
 )
 from training.data.sources import SourceItem, scan_source
-from training.errors import UserError
+from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 

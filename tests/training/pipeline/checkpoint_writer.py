@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import CheckpointManager
+from training.loop.checkpoint import CheckpointManager
 
 VALUES = 16 * 1024 * 1024  # 64 MB per checkpoint
 

@@ -4,7 +4,7 @@ The session fixture ``smoke_pipeline`` (in tests/conftest.py, so the service's d
 shares it, also across pytest-xdist workers) runs ``distilwave pipeline --preset smoke`` once
 on the committed fixture corpus; tests reuse its prepared corpus, teacher and student runs,
 evaluation and bundle, and copy a run before changing it. Cheap CLI calls (errors, export,
-generate, short training jobs) go through ``training.cli.main`` in the test process: the same
+generate, short training jobs) go through ``distilwave.cli.main`` in the test process: the same
 code a console script runs, without paying a fresh interpreter's torch import each time.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from distilwave.cli import main
 from tests.training.pipeline.support import SmokeRun, tail
-from training.cli import main
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from training.batches import training_batches
 from training.config import load_preset
 from training.data.dataset import SegmentDataset
-from training.distributed import init_distributed, shutdown
-from training.jobs import _setup
-from training.loop import Trainer
-from training.teacher_job import TeacherRecipe
+from training.loop.batches import training_batches
+from training.loop.distributed import init_distributed, shutdown
+from training.loop.trainer import Trainer
+from training.recipes.jobs import _setup
+from training.recipes.teacher import TeacherRecipe
 
 
 def main(data: Path, run_dir: Path, out: Path, overrides: list[str]) -> None:

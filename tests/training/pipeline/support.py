@@ -32,8 +32,8 @@ def sets(overrides: Iterable[str]) -> list[str]:
 
 
 def cli_command(*args: str | Path) -> list[str]:
-    """The real CLI as a fresh Python process (``python -m training.cli ...``)."""
-    return [sys.executable, "-m", "training.cli", *map(str, args)]
+    """The real CLI as a fresh Python process (``python -m distilwave.cli ...``)."""
+    return [sys.executable, "-m", "distilwave.cli", *map(str, args)]
 
 
 def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

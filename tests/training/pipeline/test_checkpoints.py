@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.training.pipeline.support import REPO
-from training.checkpoint import CheckpointManager, load_checkpoint
+from training.loop.checkpoint import CheckpointManager, load_checkpoint
 
 WRITER = Path(__file__).with_name("checkpoint_writer.py")
 

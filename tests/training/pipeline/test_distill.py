@@ -7,7 +7,7 @@ import math
 import yaml
 
 from tests.training.pipeline.support import STUDENT_SET, sets, step_file
-from training.checkpoint import load_checkpoint
+from training.loop.checkpoint import load_checkpoint
 
 
 def test_student_trains_with_the_monte_carlo_kl(smoke, cli, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.training.pipeline.support import REPO, TEACHER_SET, tail
-from training.checkpoint import load_checkpoint
+from training.loop.checkpoint import load_checkpoint
 
 HELPER = Path(__file__).with_name("ddp_replicas.py")
 TORCHRUN = Path(sys.executable).parent / "torchrun"

@@ -22,7 +22,7 @@ CLIP = FIXTURE_CORPUS / "hello-world.wav"
 @pytest.fixture(scope="module")
 def exported(smoke, tmp_path_factory):
     """``distilwave export`` of the smoke student with its data and evaluation in the card."""
-    from training.cli import main
+    from distilwave.cli import main
 
     out = tmp_path_factory.mktemp("export") / "bundle"
     eval_json = smoke.eval_dir / "eval.json"

@@ -24,9 +24,9 @@ from tests.training.pipeline.support import (
     step_file,
     step_files,
 )
-from training.checkpoint import load_checkpoint
 from training.config import load_preset
 from training.data.dataset import PreparedCorpus, SegmentDataset
+from training.loop.checkpoint import load_checkpoint
 
 WARNING = "non-finite loss at step"
 
@@ -53,7 +53,7 @@ def first_batch_corrupted(smoke, tmp_path_factory):
 @pytest.fixture(scope="module")
 def skipping_run(first_batch_corrupted, tmp_path_factory):
     """A 6-step teacher run on that corpus, through the CLI (in this process)."""
-    from training.cli import main
+    from distilwave.cli import main
 
     run_dir = tmp_path_factory.mktemp("skipping") / "teacher"
     args = ["train", "teacher", "--data", str(first_batch_corrupted), "--preset", "smoke",

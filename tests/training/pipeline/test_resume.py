@@ -21,7 +21,7 @@ from tests.training.pipeline.support import (
     step_files,
     tail,
 )
-from training.checkpoint import load_checkpoint
+from training.loop.checkpoint import load_checkpoint
 
 
 def _teacher_args(smoke, run_dir, *extra):

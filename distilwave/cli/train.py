@@ -8,35 +8,20 @@ from typing import Annotated, Literal
 
 import typer
 
+from distilwave.cli.options import (
+    DataOption,
+    DeviceOption,
+    PresetOption,
+    ResumeOption,
+    RunDirOption,
+    SetOption,
+)
 from training.config import load_preset
 
 app = typer.Typer(
     help="Train the teacher (maximum likelihood) or distil the student (reverse KL).",
     no_args_is_help=True,
 )
-
-PresetOption = Annotated[
-    str, typer.Option("--preset", "-p", help="preset name in configs/ or a YAML path")
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="override a preset value, KEY=VALUE (repeatable)"),
-]
-DataOption = Annotated[
-    Path,
-    typer.Option(
-        "--data", exists=True, file_okay=False, help="prepared corpus (distilwave data prepare)"
-    ),
-]
-RunDirOption = Annotated[
-    Path | None, typer.Option("--run-dir", help="where checkpoints, logs and TensorBoard go")
-]
-ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="continue the run in --run-dir from its last checkpoint")
-]
-DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda")
-]
 
 
 def _main_rank() -> bool:
@@ -55,10 +40,10 @@ def teacher(
 ) -> None:
     """Train the Gaussian WaveNet teacher (MAF) by maximum likelihood on a prepared corpus.
 
-    Under torchrun (`torchrun --nproc-per-node N -m training.cli train teacher ...`) it runs
+    Under torchrun (`torchrun --nproc-per-node N -m distilwave.cli train teacher ...`) it runs
     DistributedDataParallel; rank 0 writes checkpoints.
     """
-    from training.jobs import run_teacher
+    from training.recipes.jobs import run_teacher
 
     config = load_preset(preset, overrides)
     result, where = run_teacher(config, data, run_dir, resume, device)
@@ -87,7 +72,7 @@ def student(
     device: DeviceOption = "auto",
 ) -> None:
     """Distil the parallel IAF student from a trained teacher (reverse KL + spectral loss)."""
-    from training.jobs import run_student
+    from training.recipes.jobs import run_student
 
     extra = list(overrides or [])
     if kl is not None:

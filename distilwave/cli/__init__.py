@@ -12,8 +12,7 @@ import sys
 import click
 import typer
 
-from training.config import ConfigError
-from training.errors import UserError
+from models.errors import UserError
 
 app = typer.Typer(
     name="distilwave",
@@ -25,25 +24,26 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    """Attach the sub-command groups (imported here to keep ``--help`` start-up light)."""
-    from training.data.cli import app as data_app
+    """Attach the sub-commands (``--help`` stays fast: each imports its heavy parts inside).
 
-    app.add_typer(data_app, name="data", help="Fetch the default corpus; prepare any corpus.")
-    from training.train_cli import app as train_app
+    ``generate`` and ``serve`` need only ``models`` and ``service``; the others need the
+    training code, and are left out where it is not installed (the serving image)."""
+    from distilwave.cli import generate, serve
 
-    app.add_typer(train_app, name="train")
-    from training import run_cli
-
-    app.command("evaluate")(run_cli.evaluate_command)
-    app.command("export")(run_cli.export_command)
-    app.command("generate")(run_cli.generate_command)
-    app.command("pipeline")(run_cli.pipeline_command)
-    from training.bench import bench_command
-
-    app.command("bench")(bench_command)
-    from training.serve_cli import serve
-
-    app.command("serve")(serve)
+    try:
+        from distilwave.cli import bench, data, run, train
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("training", "benchmarks"):
+            raise
+    else:
+        app.add_typer(data.app, name="data", help="Fetch the default corpus; prepare any corpus.")
+        app.add_typer(train.app, name="train")
+        app.command("evaluate")(run.evaluate_command)
+        app.command("export")(run.export_command)
+        app.command("pipeline")(run.pipeline_command)
+        app.command("bench")(bench.bench_command)
+    app.command("generate")(generate.generate_command)
+    app.command("serve")(serve.serve)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         click.echo(f"distilwave: error: {' '.join(message.split())}", err=True)
         sys.exit(int(getattr(exc, "exit_code", 2)))
-    except (UserError, ConfigError) as exc:
+    except UserError as exc:
         click.echo(f"distilwave: error: {exc}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     if isinstance(result, int) and result:

@@ -20,21 +20,20 @@ import torch
 from tqdm import tqdm
 
 from models.config import SourceFilterConfig
-from models.kl import closed_form_kl, mean_and_stderr, monte_carlo_kl
+from models.files import atomic_write_json
+from models.kl import mean_and_stderr
 from models.student import IAFStudent
 from models.teacher import GaussianWaveNet
 from models.transforms import bits_per_sample
-from training.checkpoint import atomic_write_json
 from training.config import Preset
 from training.data.dataset import PreparedCorpus, UtteranceDataset
-from training.metrics import (
-    LinearPredictionBaseline,
-    all_metrics,
-    griffin_lim,
-    lpc_noise_vocoder,
-)
-from training.plots import curves_figure, save_figure, spectrogram_figure
-from training.teacher_job import check_corpus, model_context, utterance_bits
+from training.evaluation.baselines import LinearPredictionBaseline, griffin_lim, lpc_noise_vocoder
+from training.evaluation.metrics import all_metrics
+from training.evaluation.plots import curves_figure, save_figure, spectrogram_figure
+from training.objectives.context import model_context
+from training.objectives.distillation import distillation_terms
+from training.objectives.likelihood import utterance_bits
+from training.recipes.common import check_corpus
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,6 @@ def evaluate(
         raise ValueError(f"{data_dir} has no test utterances to evaluate on")
     teacher.eval()
     student.eval()
-    conditional = student.config.conditional
     source_filter = preset.teacher.source_filter
     lpc_config = source_filter if source_filter.enabled else SourceFilterConfig()
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -116,20 +114,18 @@ def evaluate(
         mel = item["mel"][None]
         speaker = item["speaker"].reshape(1)
         audio_total += len(real)
-        context = model_context(student, mel, speaker, len(real), conditional)
+        context = model_context(student, mel, speaker, len(real))
         noise = student.draw_noise(context, cfg.temperature, generator)
         fake, elapsed = _timed(lambda c=context, n=noise: student.generate(c, noise=n))
         seconds["student"] += elapsed
         fake_np = fake[0].numpy()
-        # KL at temperature 1 (the distilled objective), on the same mel
-        sample = student.sample(context, generator=generator)
-        t_context = model_context(teacher, mel, speaker, len(real), conditional)
-        mean_t, log_t = teacher.conditionals(sample.waveform, t_context)
-        closed.append(closed_form_kl(sample.mean, sample.log_scale, mean_t, log_t))
-        log_s = student.log_prob_of_sample(sample)
-        mc.append(monte_carlo_kl(log_s, sample.waveform, mean_t, log_t))
-        student_bits_nll += float(-teacher.log_prob(sample.waveform, t_context).sum())
-        student_samples += sample.waveform.shape[1]
+        # the distillation terms at temperature 1 (the distilled objective), on the same mel
+        batch = {"audio": item["audio"][None], "mel": mel, "speaker": speaker}
+        terms = distillation_terms(student, teacher, batch, 1.0, generator)
+        closed.append(terms["kl_closed"])
+        mc.append(terms["kl_mc"])
+        student_bits_nll += float(terms["teacher_nll"].sum()) * terms["waveform"].shape[1]
+        student_samples += terms["waveform"].shape[1]
         gl, elapsed = _timed(
             lambda f=item["mel"]: griffin_lim(f, preset.mel, cfg.griffin_lim_iters)
         )
@@ -247,10 +243,9 @@ def _teacher_clip(
     steps = (mel.shape[-1] - 1) * hop
     real = item["audio"][:steps].numpy()
     speaker = item["speaker"].reshape(1)
-    conditional = teacher.config.conditional
-    context = model_context(teacher, mel, speaker, steps, conditional)
+    context = model_context(teacher, mel, speaker, steps)
     sample, elapsed = _timed(lambda: teacher.sample(context, generator=generator))
-    s_context = model_context(student, mel, speaker, steps, conditional)
+    s_context = model_context(student, mel, speaker, steps)
     fake = student.generate(
         s_context, temperature=preset.evaluation.temperature, generator=generator
     )

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.data.dataset import SegmentDataset
-from training.distributed import DistInfo
+from training.loop.distributed import DistInfo
 
 
 class StepIndexed(Dataset[dict[str, Tensor]]):

@@ -1,10 +1,5 @@
-"""Distillation: the student minimises KL(student || teacher) plus a spectral loss.
-
-The teacher is frozen (eval mode, no parameter gradients) and not registered in the
-objective, so DDP neither syncs nor saves it; gradients flow through the student's sample
-into the teacher's conditionals. Both KL estimates are computed at every step and logged;
-the one in the loss is chosen by ``distillation.kl``.
-"""
+"""The student's recipe: distillation from the frozen teacher (reverse KL plus spectral loss,
+``training.objectives.distillation``), validated with both KL estimates on held-out audio."""
 
 from __future__ import annotations
 
@@ -14,82 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from models.kl import closed_form_kl, log_scale_regulariser, mean_and_stderr, monte_carlo_kl
+from models.errors import UserError
+from models.kl import mean_and_stderr
 from models.student import IAFStudent
 from models.teacher import GaussianWaveNet
-from training.config import DistillationConfig, Preset
+from training.config import Preset
 from training.data.dataset import SegmentDataset, UtteranceDataset
-from training.distributed import DistInfo
-from training.errors import UserError
-from training.losses import multi_resolution_stft
-from training.plots import spectrogram_figure
-from training.teacher_job import check_corpus, model_context
+from training.evaluation.plots import spectrogram_figure
+from training.loop.distributed import DistInfo
+from training.objectives.distillation import DistillObjective, distillation_terms
+from training.objectives.spectral import multi_resolution_stft
+from training.recipes.common import check_corpus
 
 log = logging.getLogger(__name__)
-
-
-class DistillObjective(nn.Module):
-    """Student loss = w_kl KL + w_ls (log s_student - log s_teacher)^2 + w_stft MR-STFT."""
-
-    def __init__(
-        self, student: IAFStudent, teacher: GaussianWaveNet, config: DistillationConfig
-    ) -> None:
-        super().__init__()
-        self.student = student
-        object.__setattr__(self, "teacher", teacher)  # frozen and deliberately unregistered
-        self.config = config
-
-    def terms(self, batch: dict[str, Tensor], temperature: float) -> dict[str, Tensor]:
-        """Every loss term per sequence ``(B,)`` (KLs in nats/sample) plus the sample."""
-        teacher: GaussianWaveNet = self.teacher  # type: ignore[assignment]
-        real, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
-        conditional = self.student.config.conditional
-        context = model_context(self.student, mel, speaker, real.shape[1], conditional)
-        sample = self.student.sample(context, temperature=temperature)
-        waveform = sample.waveform
-        if not bool(torch.isfinite(waveform).all()):
-            nan = waveform.sum() * float("nan")
-            return {"loss": nan, "waveform": waveform}
-        with torch.no_grad():
-            teacher_context = model_context(teacher, mel, speaker, real.shape[1], conditional)
-        mean_t, log_scale_t = teacher.conditionals(waveform, teacher_context)
-        kl_closed = closed_form_kl(sample.mean, sample.log_scale, mean_t, log_scale_t)
-        kl_mc = monte_carlo_kl(
-            self.student.log_prob_of_sample(sample), waveform, mean_t, log_scale_t
-        )
-        return {
-            "kl_closed": kl_closed,
-            "kl_mc": kl_mc,
-            "log_scale": log_scale_regulariser(sample.log_scale, log_scale_t),
-            "waveform": waveform,
-        }
-
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        cfg = self.config
-        terms = self.terms(batch, cfg.temperature)
-        if "loss" in terms:
-            return {"loss": terms["loss"]}
-        convergence, magnitude = multi_resolution_stft(
-            terms["waveform"], batch["audio"], cfg.stft_ffts
-        )
-        kl = terms["kl_closed"].mean() if cfg.kl == "closed" else terms["kl_mc"].mean()
-        regulariser = terms["log_scale"].mean()
-        loss = (
-            cfg.kl_weight * kl
-            + cfg.log_scale_weight * regulariser
-            + cfg.stft_weight * (convergence + magnitude)
-        )
-        return {
-            "loss": loss,
-            "loss/kl_closed": terms["kl_closed"].mean().detach(),
-            "loss/kl_mc": terms["kl_mc"].mean().detach(),
-            "loss/log_scale": regulariser.detach(),
-            "loss/stft_convergence": convergence.detach(),
-            "loss/stft_log_magnitude": magnitude.detach(),
-        }
 
 
 def data_log_scale(data_dir: Path, segment_samples: int, batches: int = 8) -> float:
@@ -140,7 +75,6 @@ class DistillRecipe:
         self, model: nn.Module, step: int, writer: SummaryWriter | None
     ) -> dict[str, float]:
         assert isinstance(model, IAFStudent)
-        objective = DistillObjective(model, self.teacher, self.preset.distillation)
         closed, mc, stft = [], [], []
         draws = 2
         torch.manual_seed(step)
@@ -151,7 +85,7 @@ class DistillRecipe:
                 "mel": item["mel"][None].repeat(draws, 1, 1).to(self.dist.device),
                 "speaker": item["speaker"].reshape(1).repeat(draws).to(self.dist.device),
             }
-            terms = objective.terms(batch, 1.0)
+            terms = distillation_terms(model, self.teacher, batch, 1.0)
             if "loss" in terms:
                 return {"metric": float("inf"), "non_finite": 1.0}
             closed.append(terms["kl_closed"])

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from training.errors import UserError
+from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 

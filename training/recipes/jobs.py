@@ -9,15 +9,16 @@ from pathlib import Path
 
 import torch
 
-from training.batches import training_batches
+from models.errors import UserError
 from training.config import LoopConfig, Preset
 from training.data.dataset import SegmentDataset
-from training.distill_job import DistillRecipe
-from training.distributed import DistInfo, barrier, init_distributed, shutdown
-from training.errors import UserError
-from training.loop import LoopResult, Recipe, Trainer
-from training.runs import attach_log_file, write_snapshot
-from training.teacher_job import TeacherRecipe, load_teacher
+from training.loop.batches import training_batches
+from training.loop.distributed import DistInfo, barrier, init_distributed, shutdown
+from training.loop.runs import attach_log_file, write_snapshot
+from training.loop.trainer import LoopResult, Recipe, Trainer
+from training.recipes.common import load_teacher
+from training.recipes.student import DistillRecipe
+from training.recipes.teacher import TeacherRecipe
 
 log = logging.getLogger(__name__)
 

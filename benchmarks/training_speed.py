@@ -1,6 +1,6 @@
 """Training throughput for ``distilwave bench``: timed optimiser steps, one process or torchrun.
 
-    torchrun --nproc-per-node 2 -m training.bench_train --data DIR --job teacher --out r.json
+    torchrun --nproc-per-node 2 -m benchmarks.training_speed --data DIR --job teacher --out r.json
 
 Each step is the real objective (teacher NLL, or the distillation loss through the frozen
 teacher), backward, gradient clipping and AdamW, under DistributedDataParallel when torchrun
@@ -12,22 +12,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from benchmarks.common import newest
 from models.teacher import GaussianWaveNet
-from training.batches import training_batches
 from training.config import load_preset
 from training.data.dataset import SegmentDataset
-from training.distill_job import DistillRecipe
-from training.distributed import barrier, init_distributed, shutdown
-from training.optim import make_optimizer
-from training.teacher_job import TeacherRecipe, load_teacher
+from training.loop.batches import training_batches
+from training.loop.distributed import barrier, init_distributed, shutdown
+from training.loop.optim import make_optimizer
+from training.recipes.common import load_teacher
+from training.recipes.student import DistillRecipe
+from training.recipes.teacher import TeacherRecipe
+
+log = logging.getLogger(__name__)
 
 
 def run(args: argparse.Namespace) -> dict[str, float | int | str]:
@@ -85,6 +95,49 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
         }
     finally:
         shutdown(dist)
+
+
+def training_section(
+    data: Path | None, teacher: Path | None, preset: str, steps: int, timeout: float = 900.0
+) -> dict:
+    """Training throughput with 1 process and 2 torchrun processes (subprocesses)."""
+    data = data or newest("*/data")
+    if data is None or not (data / "prepared.json").is_file():
+        return {"skipped": "no prepared corpus (pass --data or run `make demo` first)"}
+    results: dict[str, Any] = {"data": str(data), "preset": preset}
+    for job in ("teacher", "student"):
+        for processes in (1, 2):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "result.json"
+                args = ["--data", str(data), "--job", job, "--preset", preset]
+                args += ["--steps", str(steps), "--out", str(out)]
+                if job == "student" and teacher is not None:
+                    args += ["--teacher", str(teacher)]
+                env = dict(os.environ)
+                if processes == 1:
+                    command = [sys.executable, "-m", "benchmarks.training_speed", *args]
+                else:
+                    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // processes))
+                    command = [
+                        sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc-per-node", str(processes), "-m", "benchmarks.training_speed",
+                        *args,
+                    ]  # fmt: skip
+                key = f"{job}_{processes}proc"
+                try:
+                    done = subprocess.run(
+                        command, env=env, capture_output=True, text=True, timeout=timeout
+                    )
+                except subprocess.TimeoutExpired:
+                    results[key] = {"failed": f"timed out after {timeout:.0f} s"}
+                    continue
+                if done.returncode != 0 or not out.is_file():
+                    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+                    results[key] = {"failed": " | ".join(tail)}
+                else:
+                    results[key] = json.loads(out.read_text())
+                log.info("training %s: %s", key, results[key])
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,11 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from models.errors import UserError
 from training.config import LoopConfig, OptimConfig
-from training.distributed import DistInfo, all_true, barrier
-from training.errors import UserError
-from training.optim import EMA, make_optimizer, make_scheduler
+from training.loop.checkpoint import CheckpointManager, rng_state, set_rng_state
+from training.loop.distributed import DistInfo, all_true, barrier
+from training.loop.optim import EMA, make_optimizer, make_scheduler
 
 log = logging.getLogger(__name__)
 

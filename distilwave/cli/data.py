@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from models.errors import UserError
 from training.config import load_preset
 from training.data.sources import LAYOUTS
-from training.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
