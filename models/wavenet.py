@@ -249,16 +249,18 @@ def run_stack(
     skip: Tensor | None = None
     for index, layer in enumerate(m.layers):
         columns = slice(index * width, (index + 1) * width)
-        if ahead is not None:
-            pre = ahead[:, columns].clone()
-        else:
+        # the gate inputs: a slice of those computed ahead (not to be written), or fresh ones
+        pre = ahead[:, columns] if ahead is not None else None
+        if pre is None:
             pre = _gate_inputs(m, state, cond, t0, t0 + steps, batch, columns)
+        writable = inference and ahead is None
         # rows of time t - lag: the carried history, then this chunk
         joined = torch.cat([state.histories[index], h])  # ((span + n) B, R)
         for lag, weight in zip(layer.lags, layer.taps, strict=True):
             start = (layer.span - lag) * batch
             tap = h if lag == 0 else joined[start : start + rows]
-            pre = pre.addmm_(tap, weight) if inference else torch.addmm(pre, tap, weight)
+            pre = pre.addmm_(tap, weight) if writable else torch.addmm(pre, tap, weight)
+            writable = inference
         state.histories[index] = joined[rows:]
         gated = m.gate(pre)
         last = index == count - 1
@@ -280,6 +282,18 @@ def run_stack(
     hidden = torch.relu(torch.addmm(bias, torch.relu(skip), weight))
     weight, bias = m.head
     return torch.addmm(bias, hidden, weight)
+
+
+def _contiguous(m: StackMatrices) -> StackMatrices:
+    """The same matrices laid out for BLAS (a tap of a ``(G, R, K)`` weight is strided both
+    ways, and a product would copy it on every call)."""
+    for layer in m.layers:
+        layer.taps = [tap.contiguous() for tap in layer.taps]
+        layer.out = layer.out.contiguous()
+    m.input = m.input.contiguous()
+    m.hidden = (m.hidden[0].contiguous(), m.hidden[1])
+    m.head = (m.head[0].contiguous(), m.head[1])
+    return m
 
 
 class WaveNet(nn.Module):
@@ -333,7 +347,21 @@ class WaveNet(nn.Module):
         return self.input_proj.in_channels
 
     def matrices(self) -> StackMatrices:
-        """The module's weights as ``run_stack`` matrices (views: gradients reach them)."""
+        """The module's weights as ``run_stack`` matrices (views: gradients reach them).
+
+        Without autograd they are kept until a parameter changes (its version moves), so a
+        stream of one-sample calls does not rebuild them for every sample."""
+        if torch.is_grad_enabled():
+            return self._matrices()
+        key = tuple((id(p), p._version, p.dtype) for p in self.parameters())
+        cached = self.__dict__.get("_cached_matrices")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, _contiguous(self._matrices()))
+            self.__dict__["_cached_matrices"] = cached
+        return cached[1]
+
+    def _matrices(self) -> StackMatrices:
         cfg = self.config
         gate = cfg.gate_channels
         layers = []
@@ -400,5 +428,5 @@ class WaveNet(nn.Module):
             + skip * self.head_out.out_channels
             + layers * gate * (self.source_channels + self.frame_channels / hop)
         )
-        interpolation = layers * gate if self.frame_channels else 0
+        interpolation = 2 * layers * gate if self.frame_channels else 0  # a lerp per gate input
         return 2.0 * products + interpolation

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.vocoder import Vocoder
+from models.vocoder import Prepared, Vocoder
 from service.errors import APIError, invalid, unavailable
 from service.jobs import END, Job, fail, push, resolve
 from service.metrics import ServiceMetrics
@@ -274,12 +274,16 @@ class Engine:
     def _samples(job: Job) -> int:
         return job.request.samples if job.request is not None else 0
 
+    def _generate(self, requests: list[Prepared]) -> list[np.ndarray]:
+        """One batch through the vocoder (each request as it would be alone)."""
+        return self.vocoder.run(requests)
+
     def _run_batch(self, batch: list[Job]) -> None:
         self._busy = True
         started = time.perf_counter()
         requests = [job.request for job in batch if job.request is not None]
         try:
-            waveforms = self.vocoder.run(requests)
+            waveforms = self._generate(requests)
         except Exception:
             logger.exception("generation failed for a batch of %d", len(batch))
             for job in batch:

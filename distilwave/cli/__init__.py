@@ -33,7 +33,7 @@ def _register() -> None:
     try:
         from distilwave.cli import bench, data, run, train
     except ModuleNotFoundError as exc:
-        if exc.name not in ("training", "benchmarks"):
+        if (exc.name or "").split(".")[0] not in ("training", "benchmarks"):
             raise
     else:
         app.add_typer(data.app, name="data", help="Fetch the default corpus; prepare any corpus.")

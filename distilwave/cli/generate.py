@@ -9,8 +9,10 @@ from typing import Annotated
 
 import numpy as np
 import soundfile as sf
+import torch
 import typer
 
+from models.audio import to_int16
 from models.errors import UserError
 
 
@@ -98,7 +100,9 @@ def generate_command(
     elapsed = time.perf_counter() - start
     rate = vocoder.sample_rate
     out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(out), np.clip(result, -1.0, 1.0), rate, subtype="PCM_16")
+    # the service's 16-bit convention (round(x * 32768), clipped): the same samples as its WAV
+    samples = to_int16(torch.from_numpy(np.ascontiguousarray(result))).numpy()
+    sf.write(str(out), samples, rate, subtype="PCM_16")
     typer.echo(
         f"wrote {out}: {len(result) / rate:.2f} s at {rate} Hz in {elapsed:.2f} s "
         f"({len(result) / rate / max(elapsed, 1e-9):.1f}x real time)"

@@ -15,9 +15,9 @@ from models.mel import MelFrontEnd
 from models.pitch import (
     PitchTrack,
     band_limited_pulses,
+    delayed_lag_taps,
     estimate_pitch,
     history_length,
-    delayed_lag_taps,
     lagged,
     lagged_taps,
     periodic_source,

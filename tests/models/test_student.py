@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+import models.wavenet
 from models.conditioning import interpolate_frames
 from models.config import StudentConfig
-import models.wavenet
 from models.student import IAFStudent
 from tests.models.helpers import (
     HOP,
@@ -31,6 +31,8 @@ EXCITATION_AND_GAIN = ("excitation", "gain")  # steps that depend on the conditi
 def steps(student):
     """Every step of the student, in sampling order."""
     return [student.flows.step(name) for name in student.flows.names()]
+
+
 ALL_VARIANTS = pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from models.config import MelConfig
 from models.mel import MelFrontEnd
-from training.evaluation.metrics import griffin_lim
+from training.evaluation.baselines import griffin_lim
 
 
 def _features(mel: MelConfig) -> torch.Tensor:

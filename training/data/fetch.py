@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.data.shards import atomic_write_json, atomic_write_text
+from models.files import atomic_write_json, atomic_write_text
 from models.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def _record(cache: Path, audio_dir: Path, copyright_file: Path, version: str, me
         "audio_dir": str(audio_dir),
         "files": files,
     }
-    atomic_write_json(cache / MARKER, record)
+    atomic_write_json(cache / MARKER, record, sort_keys=False)
     logger.info("%s %s: %d WAV files in %s", PACKAGE, version, len(files), audio_dir)
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from training.config import Preset
+from models.files import atomic_write_json, atomic_write_text
 from training.data.shards import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     PREPARED_FILE,
     SHARD_DIR,
-    atomic_write_json,
-    atomic_write_text,
     shard_paths,
 )
 from training.data.sources import SourceScan
@@ -92,7 +91,7 @@ def write_outputs(
     }
     atomic_write_json(
         out / PREPARED_FILE, prepared_payload(preset, speakers, counts, src, scan.layout, True)
-    )
+    , sort_keys=False)
     for path in scan.licence_files:
         try:
             shutil.copyfile(path, out / path.name)

@@ -45,6 +45,7 @@ from training.data.processing import (
     process_in_worker,
     too_short_reason,
 )
+from models.files import atomic_write_json
 from training.data.shards import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -52,7 +53,6 @@ from training.data.shards import (
     REPORT_FILE,
     SHARD_DIR,
     ShardWriter,
-    atomic_write_json,
     read_shard_rows,
     remove_temp_files,
     shard_paths,
@@ -102,7 +102,7 @@ def _open_output(out: Path, preset: Preset, rebuild: bool) -> None:
         else:
             return
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, prepared_payload(preset, [], {}, None, None, complete=False))
+    atomic_write_json(marker, prepared_payload(preset, [], {}, None, None, complete=False), sort_keys=False)
 
 
 def _previous_rows(out: Path) -> dict[str, dict[str, Any]]:
@@ -300,7 +300,7 @@ def prepare_corpus(
     report.update(
         started=started, workers=workers, wall_seconds=round(time.monotonic() - start_time, 3)
     )
-    atomic_write_json(out / REPORT_FILE, report)
+    atomic_write_json(out / REPORT_FILE, report, sort_keys=False)
     if not rows:
         raise UserError(
             f"no usable audio in {src}: {len(scan.items)} audio file(s) found, "

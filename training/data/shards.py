@@ -1,4 +1,4 @@
-"""Shard files and atomic writes.
+"""Shard files.
 
 A shard is one safetensors file holding, for each of up to ``shard_size`` utterances,
 ``audio/<id>`` (int16 ``(T,)``, loudness-normalised, ``T`` a multiple of hop) and
@@ -13,15 +13,15 @@ samples and frames of the segment it draws, never a whole shard.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save
+
+from models.files import atomic_write
 
 FORMAT_VERSION = 1  # of the prepared directory (prepared.json, manifest, shards)
 PREPARED_FILE = "prepared.json"
@@ -32,50 +32,12 @@ SHARD_FORMAT_VERSION = "1"
 _SHARD_NAME = re.compile(r"^shard-(\d{5,})\.safetensors$")
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()  # what open() would give; mkstemp alone makes 0600 files
-
-
 def audio_key(utt_id: str) -> str:
     return f"audio/{utt_id}"
 
 
 def mel_key(utt_id: str) -> str:
     return f"mel/{utt_id}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def shard_paths(out: Path) -> list[Path]:
@@ -150,7 +112,7 @@ class ShardWriter:
         for row in self.rows:
             row["shard"] = relative
         metadata = {"format_version": SHARD_FORMAT_VERSION, "rows": json.dumps(self.rows)}
-        atomic_write_bytes(self.out / relative, save(self.tensors, metadata=metadata))
+        atomic_write(self.out / relative, save(self.tensors, metadata=metadata))
         self.written.extend(self.rows)
         self.index += 1
         self.rows, self.tensors = [], {}

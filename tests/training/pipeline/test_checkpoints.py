@@ -28,7 +28,7 @@ def _kill_during_a_write(directory: Path, attempts: int = 5) -> list[Path]:
                 assert process.poll() is None, "the checkpoint writer died on its own"
                 assert time.monotonic() < deadline, "no checkpoint write seen within 120 s"
                 steps = list(directory.glob("step-*.pt"))
-                partial = [p for p in directory.glob(".step-*.tmp-*") if p.stat().st_size > 0]
+                partial = [p for p in directory.glob(".step-*.tmp") if p.stat().st_size > 0]
                 if steps and partial:
                     process.send_signal(signal.SIGKILL)
                     break
@@ -36,7 +36,7 @@ def _kill_during_a_write(directory: Path, attempts: int = 5) -> list[Path]:
         finally:
             process.kill()
             process.wait()
-        left = list(directory.glob(".step-*.tmp-*"))
+        left = list(directory.glob(".step-*.tmp"))
         if left:
             return left
     raise AssertionError(f"no kill landed inside a checkpoint write in {attempts} attempts")
@@ -58,7 +58,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_latest_loading_a_whole_checkpo
     path, state = found
     assert torch.equal(state["payload"], torch.full_like(state["payload"], float(state["step"])))
     assert path.name == f"step-{state['step']:08d}.pt"
-    assert all(p.name.startswith(f".step-{state['step'] + 1:08d}.pt.tmp-") for p in torn)
+    assert all(p.name.startswith(f".step-{state['step'] + 1:08d}.pt.") for p in torn)
     for step_path in directory.glob("step-*.pt"):  # every visible checkpoint is whole
         load_checkpoint(step_path)
 

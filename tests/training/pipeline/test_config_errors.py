@@ -123,9 +123,10 @@ def test_every_shipped_preset_validates_and_builds_its_models(name):
     teacher = GaussianWaveNet(preset.teacher, preset.mel)
     student = IAFStudent(preset.student, preset.mel)
     assert sum(p.numel() for p in teacher.parameters()) > 0
-    assert len(student.steps) == preset.student.flows + 1 + int(
-        preset.student.mixed_excitation
-    ) + int(preset.student.source_filter.enabled)
+    expected = ["excitation"] if preset.student.mixed_excitation else []
+    expected += [f"wavenet_{i + 1}" for i in range(preset.student.flows)] + ["gain"]
+    expected += ["synthesis"] if preset.student.source_filter.enabled else []
+    assert student.flows.names() == expected
 
 
 def test_default_presets_distil_the_pitch_model_they_are_documented_with():
