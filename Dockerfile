@@ -73,9 +73,11 @@ COPY configs/ configs/
 COPY models/ models/
 COPY training/ training/
 COPY service/ service/
+COPY distilwave/ distilwave/
+COPY benchmarks/ benchmarks/
 COPY docker/healthcheck.py docker/healthcheck.py
 RUN pip install --no-deps --editable . \
-    && python3 -m compileall -q models training service \
+    && python3 -m compileall -q models training service distilwave benchmarks \
     && rm -rf distilwave.egg-info build
 
 # The default corpus (Debian's CC-BY-SA-3.0 Asterisk prompts), unpacked and checksummed by the
@@ -86,13 +88,13 @@ RUN apt-get download "${CORPUS_PACKAGE}" \
     && rm -rf /tmp/corpus
 
 # ---------------------------------------------------------------------------------------------
-# runtime: what both targets share; no compiler, no apt lists, no pip cache.
+# runtime: what both targets share; no compiler, no apt lists, no pip cache, no project code
+# (each target copies the packages it runs).
 FROM base AS runtime
 
 ARG APP_UID
 
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 WORKDIR /app
 ENV HOME=/home/distilwave \
     MPLBACKEND=Agg
@@ -103,6 +105,7 @@ USER ${APP_UID}:${APP_UID}
 # /artifacts (bundle at /artifacts/bundle); any sub-command can be given instead.
 FROM runtime AS train
 
+COPY --from=build /app /app
 COPY --from=build /opt/distilwave /opt/distilwave
 ENV DISTILWAVE_CACHE=/opt/distilwave \
     DISTILWAVE_CORPUS=/opt/distilwave/corpora/asterisk-core-sounds-en-wav/en_US_f_Allison
@@ -112,8 +115,14 @@ CMD ["pipeline", "--preset", "cpu-8k", "--run-dir", "/artifacts", "--resume"]
 # ---------------------------------------------------------------------------------------------
 # serve: uvicorn (through `distilwave serve`, which hands the DISTILWAVE_* settings to it) on
 # port 8000. SIGTERM drains: /readyz turns 503, queued work finishes, then the process exits.
+# It carries the model, the service and the CLI, not the training code (`distilwave` offers
+# serve and generate there).
 FROM runtime AS serve
 
+COPY --from=build /app/models /app/models
+COPY --from=build /app/service /app/service
+COPY --from=build /app/distilwave /app/distilwave
+COPY --from=build /app/docker/healthcheck.py /app/docker/healthcheck.py
 ENV DISTILWAVE_BUNDLE=/artifacts/bundle \
     DISTILWAVE_HOST=0.0.0.0 \
     DISTILWAVE_PORT=8000

@@ -121,7 +121,7 @@ class UpsamplerConfig(StrictModel):
 
 
 class SourceFilterConfig(StrictModel):
-    """Linear prediction from the mel (ARCHITECTURE.md, source-filter flows)."""
+    """Linear prediction from the mel (docs/architecture.md, source-filter structure)."""
 
     enabled: bool = True
     order: int = Field(16, ge=1, le=64)

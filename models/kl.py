@@ -1,4 +1,4 @@
-"""Reverse-KL estimators for distillation (ARCHITECTURE.md, Distillation 1-3).
+"""Reverse-KL estimators for distillation (docs/architecture.md, distillation).
 
 All per-sample figures are nats per sample (averaged over time), one value per sequence.
 """

@@ -8,7 +8,7 @@ correction, and solve the normal equations by Levinson-Durbin. This gives per bl
 ``A(z) = 1 + sum_k a_k z^-k`` and the residual gain ``g``.
 
 References: Makhoul, "Linear prediction: a tutorial review" (1975); lag windowing as
-in ITU-T G.729; the source-filter flows of ARCHITECTURE.md.
+in ITU-T G.729; the source-filter structure of docs/architecture.md.
 """
 
 from __future__ import annotations

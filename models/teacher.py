@@ -2,7 +2,7 @@
 
     x_t = mean_t(x_<t, c) + exp(log_scale_t(x_<t, c)) z_t,   z_t ~ N(0, 1)
 
-Source-filter form (ARCHITECTURE.md): with ``y`` the pre-emphasised signal
+Source-filter form (docs/architecture.md): with ``y`` the pre-emphasised signal
 ``y_t = x_t - rho x_{t-1}``, per-block prediction coefficients ``a`` and gain ``g`` from
 the mel, and the excitation ``eps_t = (y_t + sum_k a_k y_{t-k}) / g_t``:
 

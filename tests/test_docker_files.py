@@ -101,6 +101,14 @@ def test_dockerfile_runtime_targets_carry_no_build_tools() -> None:
     assert re.search(r"^USER \$\{APP_UID\}", stages["runtime"], flags=re.M)
 
 
+def test_the_serving_image_carries_no_training_code() -> None:
+    serve = _stages()["serve"]
+    copied = re.findall(r"^COPY --from=build (\S+)", serve, flags=re.M)
+    assert "/app/models" in " ".join(copied) and "/app/service" in " ".join(copied)
+    assert not [path for path in copied if "training" in path or "benchmarks" in path]
+    assert "/app " not in " ".join(copied) + " "  # not the whole project
+
+
 def test_compose_jobs_share_volumes_and_serve_reads_artifacts_only() -> None:
     services = _load(COMPOSE)["services"]
     for name in TRAINING_JOBS:
@@ -158,9 +166,12 @@ def _dockerignore_excludes(path: str) -> bool:
         ("runs/cpu-8k/teacher/checkpoints/step-100.pt", True),
         ("artifacts/bundle/model.safetensors", True),
         ("tests/fixtures/audio/asterisk/a.wav", True),
-        ("training/__pycache__/cli.cpython-311.pyc", True),
+        ("training/__pycache__/config.cpython-311.pyc", True),
+        ("benchmarks/results/bench-1.json", True),
         ("pyproject.toml", False),
-        ("training/cli.py", False),
+        ("training/config.py", False),
+        ("distilwave/cli/__init__.py", False),
+        ("benchmarks/run.py", False),
         ("configs/smoke.yaml", False),
         ("docker/healthcheck.py", False),
     ],

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from training.config import Preset
-
-RUNS_ROOT = Path("runs")
-
-
-def default_run_dir(preset: Preset, job: str) -> Path:
-    """``runs/<preset>-<job>-<YYYYmmdd-HHMMSS>``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return RUNS_ROOT / f"{preset.name}-{job}-{stamp}"
 
 
 def write_snapshot(run_dir: Path, preset: Preset, extra: dict[str, Any] | None = None) -> None:
