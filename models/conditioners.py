@@ -193,3 +193,20 @@ class SynthesisConditioner(Conditioner):
 
     def flops_per_sample(self, hop: int) -> float:
         return 2.0 * self.taps
+
+
+class PriorConditioner(Conditioner):
+    """The mel-inversion prior as a flow step: ``x_t = h_t + u_t``.
+
+    ``h`` is the prior's waveform from the whole mel (in the context): a mean that depends on
+    the conditioning only and a scale of 1, so an exact IAF step with log-determinant 0; the
+    steps before it model ``x - h``.
+    """
+
+    def forward(
+        self, delayed: Tensor, context: Context, position: int = 0, past: Any = None
+    ) -> tuple[Tensor, Tensor, None]:
+        if context.prior is None:
+            raise ValueError("the prior step needs the prior's waveform in the context")
+        mean = context.prior[:, position : position + delayed.shape[1]].to(delayed.dtype)
+        return mean, torch.zeros_like(delayed), None

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 from models.config import (
     MelConfig,
     PitchConfig,
-    SourceFilterConfig,
     StudentConfig,
     TeacherConfig,
     UpsamplerConfig,
@@ -18,6 +17,7 @@ from models.config import (
 from models.lpc import LinearPrediction, linear_prediction
 from models.mel import MelFrontEnd, check_finite
 from models.pitch import estimate_pitch, periodic_source, pitch_lag, source_channels
+from models.prior import MelInversionPrior
 from models.wavenet import Conditioning, interpolate_rows
 
 
@@ -125,6 +125,7 @@ class Context:
         lag: ``(B, T)`` pitch period in samples (for pitch-lagged inputs), or None.
         pulses: ``(B, T)`` unit-power band-limited pulse train at the pitch, or None.
         voicing: ``(B, M)`` soft voicing per frame, or None.
+        prior: ``(B, T)`` the mel-inversion prior's waveform ``h``, or None.
 
     Every tensor field says (metadata ``axis``) along which axis ``stack`` pads it: a new field
     without one is an error there, not a silently unpadded batch.
@@ -139,6 +140,7 @@ class Context:
     lag: Tensor | None = field(default=None, metadata=_along(1))
     pulses: Tensor | None = field(default=None, metadata=_along(1))
     voicing: Tensor | None = field(default=None, metadata=_along(1))
+    prior: Tensor | None = field(default=None, metadata=_along(1))
 
     @property
     def conditioning(self) -> Conditioning:
@@ -188,22 +190,23 @@ def interpolate_frames(frames: Tensor, t0: int, t1: int, hop: int) -> Tensor:
 
 
 def make_context(
-    front_end: MelFrontEnd,
-    upsampler: Upsampler,
-    source_filter: SourceFilterConfig | None,
-    pitch: PitchConfig | None,
+    model: ConditionedModel,
     mel: Tensor | None,
     num_samples: int | None,
     speaker: Tensor | None,
     batch: int,
-    with_impulse: bool,
 ) -> Context:
-    """Validate the conditioning inputs of one batch and derive everything the flows need.
+    """Validate the conditioning inputs of one batch and derive everything ``model``'s flows
+    need: upsampled frames, linear prediction, pitch, and the prior's waveform.
 
     A conditional model takes ``mel`` ``(B, n_mels, M)`` and describes ``(M - 1) * hop``
     samples (between the first and last frame centres). An unconditional one takes
     ``num_samples`` and ``batch`` (or the batch of ``speaker``).
     """
+    front_end, upsampler = model.front_end, model.upsampler
+    config = model.config
+    source_filter = config.source_filter if config.source_filter.enabled else None
+    pitch = model.pitch
     hop = front_end.config.hop_length
     if upsampler.n_mels > 0:
         if mel is None:
@@ -238,32 +241,45 @@ def make_context(
             source_filter,
             front_end.filterbank,
             front_end.window,
-            with_impulse=with_impulse,
+            with_impulse=model.with_impulse,
         )
-    source, lag = None, None
+    source, lag, pulses, voicing = None, None, None, None
     if pitch is not None:
         assert mel is not None
         rate = front_end.config.sample_rate
         track = estimate_pitch(mel, front_end.config, pitch, front_end.filterbank)
-        source = periodic_source(track, hop, steps, rate, pitch)
+        periodic = periodic_source(track, hop, steps, rate, pitch)
+        source, pulses, voicing = periodic.channels, periodic.pulses, periodic.voicing
         minimum = 2.0 + pitch.lag_taps // 2
         lag = pitch_lag(track, hop, steps, rate, minimum) if pitch.lag_input else None
+    prior = None
+    if model.prior is not None:
+        assert mel is not None
+        prior = model.prior(mel)[:, :steps]  # (B, T): h from the whole mel
+        # every WaveNet reads h as a per-sample source channel too
+        channel = prior[:, None].to(features.dtype if features is not None else prior.dtype)
+        source = channel if source is None else torch.cat([source, channel], dim=1)
     return Context(
         batch=batch,
         num_samples=steps,
         hop=hop,
         frames=features,
         lpc=lpc,
-        source=None if source is None else source.channels,
+        source=source,
         lag=lag,
-        pulses=None if source is None else source.pulses,
-        voicing=None if source is None else source.voicing,
+        pulses=pulses,
+        voicing=voicing,
+        prior=prior,
     )
 
 
-def conditioning_channels(upsampler: Upsampler, pitch: PitchConfig | None) -> tuple[int, int]:
-    """Conditioning channels of a WaveNet: frame-rate features, per-sample source channels."""
-    return upsampler.out_channels, source_channels(pitch) if pitch is not None else 0
+def conditioning_channels(
+    upsampler: Upsampler, pitch: PitchConfig | None, prior: bool
+) -> tuple[int, int]:
+    """Conditioning channels of a WaveNet: frame-rate features, and per-sample source channels
+    (the pitch source and the prior's waveform)."""
+    per_sample = (source_channels(pitch) if pitch is not None else 0) + int(prior)
+    return upsampler.out_channels, per_sample
 
 
 class ConditionedModel(nn.Module):
@@ -285,6 +301,11 @@ class ConditionedModel(nn.Module):
         n_mels = mel.n_mels if config.conditional else 0
         self.upsampler = Upsampler(config.upsampler, n_mels, config.n_speakers)
         self.pitch = config.pitch if config.pitch.enabled else None
+        self.prior = MelInversionPrior(config.prior, mel) if config.prior.enabled else None
+
+    def conditioning_channels(self) -> tuple[int, int]:
+        """Frame-rate and per-sample conditioning channels of this model's WaveNets."""
+        return conditioning_channels(self.upsampler, self.pitch, self.prior is not None)
 
     @property
     def hop_length(self) -> int:
@@ -302,18 +323,7 @@ class ConditionedModel(nn.Module):
         batch: int = 1,
     ) -> Context:
         """Conditioning for a batch: ``mel`` ``(B, n_mels, M)`` -> ``(M - 1) hop`` samples."""
-        sf = self.config.source_filter if self.config.source_filter.enabled else None
-        return make_context(
-            self.front_end,
-            self.upsampler,
-            sf,
-            self.pitch,
-            mel,
-            num_samples,
-            speaker,
-            batch,
-            self.with_impulse,
-        )
+        return make_context(self, mel, num_samples, speaker, batch)
 
     def noise_for(
         self,

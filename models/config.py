@@ -7,7 +7,7 @@ are derived, never stored twice. Unknown keys are an error everywhere.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -169,6 +169,31 @@ class PitchConfig(StrictModel):
         return list(range(-half, half + 1))
 
 
+class PriorConfig(StrictModel):
+    """The mel-inversion prior (models/prior.py): a ConvNeXt at frame rate and an iSTFT head.
+
+    ``enabled`` adds the deterministic waveform ``h`` from the mel: the student's last step is
+    ``x = h + u``, the teacher models ``x - h`` and reads ``h`` as conditioning.
+    """
+
+    enabled: bool = False
+    n_fft: int = Field(1024, ge=16, description="the iSTFT's window and FFT (hop: the mel's)")
+    channels: int = Field(256, ge=1)
+    layers: int = Field(6, ge=1, le=32)
+    expansion: int = Field(3, ge=1, le=8)
+    kernel_size: int = Field(7, ge=1, le=31)
+    magnitude_base: Literal["pinv", "none"] = Field(
+        "pinv", description="start from the mel's pseudo-inverse magnitude (FreeV) or from 0"
+    )
+    max_log_magnitude: float = 8.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.kernel_size % 2 == 0:
+            raise ValueError("prior.kernel_size must be odd (centred frames)")
+        return self
+
+
 class TeacherConfig(StrictModel):
     """The Gaussian WaveNet teacher: a masked autoregressive flow over samples."""
 
@@ -178,6 +203,7 @@ class TeacherConfig(StrictModel):
     upsampler: UpsamplerConfig = UpsamplerConfig()
     source_filter: SourceFilterConfig = SourceFilterConfig()
     pitch: PitchConfig = PitchConfig()
+    prior: PriorConfig = PriorConfig()
     conditional: bool = True
     n_speakers: int = Field(0, ge=0)
     log_scale_floor: float = Field(-12.0, le=0.0)
@@ -188,6 +214,8 @@ class TeacherConfig(StrictModel):
             raise ValueError("the source-filter teacher needs conditioning (the mel)")
         if self.pitch.enabled and not self.conditional:
             raise ValueError("pitch comes from the mel: an unconditional teacher cannot use it")
+        if self.prior.enabled and not self.conditional:
+            raise ValueError("the prior inverts the mel: an unconditional teacher has none")
         return self
 
 
@@ -206,6 +234,7 @@ class StudentConfig(StrictModel):
     init_log_scale: float = -2.5
     mixed_excitation: bool = False
     excitation_noise_floor: float = Field(0.01, gt=0.0, le=1.0)
+    prior: PriorConfig = PriorConfig()
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -215,4 +244,6 @@ class StudentConfig(StrictModel):
             raise ValueError("pitch comes from the mel: an unconditional student cannot use it")
         if self.mixed_excitation and not self.pitch.enabled:
             raise ValueError("mixed_excitation needs pitch.enabled (its pulses follow the pitch)")
+        if self.prior.enabled and not self.conditional:
+            raise ValueError("the prior inverts the mel: an unconditional student has none")
         return self

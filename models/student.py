@@ -6,7 +6,8 @@
 Steps, by name and in order: ``excitation`` (optional: pulses at the mel's pitch plus noise,
 by voicing), ``wavenet_1`` ... ``wavenet_K``, ``gain`` (``log_scale = log g_t`` from linear
 prediction, or one learned log-scale for the plain model) and, for source-filter models,
-``synthesis`` (the FIR synthesis filter of the teacher). Every step's mean and log-scale at
+``synthesis`` (the FIR synthesis filter of the teacher) and, with the mel-inversion prior,
+``prior`` (``x = h(c) + u``: a shift by the prior's waveform). Every step's mean and log-scale at
 ``t`` depend on ``z^0_<t`` only, so the whole student is one Gaussian per step given the past:
 ``x_t = mean_tot,t + exp(log_scale_tot,t) z^0_t``, and its density of its own sample comes
 from the cached noise with no inversion (Ping et al., 2018; van den Oord et al., "Parallel
@@ -24,10 +25,11 @@ from torch import Tensor, nn
 from models.conditioners import (
     ExcitationConditioner,
     GainConditioner,
+    PriorConditioner,
     SynthesisConditioner,
     WaveNetConditioner,
 )
-from models.conditioning import ConditionedModel, Context, conditioning_channels
+from models.conditioning import ConditionedModel, Context
 from models.config import MelConfig, StudentConfig
 from models.flows import AffineAutoregressive, Conditioner, FlowSequence
 from models.transforms import standard_normal_log_prob
@@ -62,6 +64,8 @@ def student_step_names(config: StudentConfig) -> list[str]:
     names.append("gain")
     if config.source_filter.enabled:
         names.append("synthesis")
+    if config.prior.enabled:
+        names.append("prior")
     return names
 
 
@@ -78,7 +82,7 @@ class IAFStudent(ConditionedModel):
 
     def __init__(self, config: StudentConfig, mel: MelConfig) -> None:
         super().__init__(config, mel)
-        frame_channels, source_channels = conditioning_channels(self.upsampler, self.pitch)
+        frame_channels, source_channels = self.conditioning_channels()
         lag_offsets = config.pitch.lag_offsets if self.pitch and self.pitch.lag_input else []
         sf = config.source_filter.enabled
         conditioners: dict[str, Conditioner] = {}
@@ -97,6 +101,8 @@ class IAFStudent(ConditionedModel):
         conditioners["gain"] = GainConditioner(sf, config.init_log_scale)
         if sf:
             conditioners["synthesis"] = SynthesisConditioner(config.source_filter.fir_taps)
+        if config.prior.enabled:
+            conditioners["prior"] = PriorConditioner()
         self.flows = FlowSequence(
             {name: AffineAutoregressive(c, "iaf") for name, c in conditioners.items()}
         )

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.conditioning import ConditionedModel, Context, conditioning_channels
+from models.conditioning import ConditionedModel, Context
 from models.config import MelConfig, TeacherConfig
 from models.flows import AffineAutoregressive, Conditioner
 from models.lpc import per_sample, time_varying_fir
@@ -47,6 +47,10 @@ class TeacherPast:
 class TeacherConditioner(Conditioner):
     """Reads ``x_<t`` (and the excitation it implies) -> mean, log-scale of ``x_t``.
 
+    With the mel-inversion prior it models the residual ``r = x - h`` (``h`` the prior's
+    waveform, conditioning): everything below runs on ``r`` and the mean gets ``h_t`` back, an
+    exact shift, so the step is still one MAF over ``x``; ``h`` is also a source channel.
+
     On the delayed input ``d_t = x_{t-1}``: ``y'_t = d_t - rho d_{t-1}`` (= ``y_{t-1}``),
     the prediction ``p_t = -sum_k a_k y_{t-k}``, the excitation
     ``eps_{t-1} = (y'_t - p_{t-1}) / g_{t-1}``; the network reads ``(x_{t-1}, eps_{t-1})`` and,
@@ -62,6 +66,7 @@ class TeacherConditioner(Conditioner):
         )
         self.source_filter = config.source_filter if config.source_filter.enabled else None
         self.log_scale_floor = config.log_scale_floor
+        self.models_residual = config.prior.enabled
 
     def forward(
         self, delayed: Tensor, context: Context, position: int = 0, past: Any = None
@@ -69,6 +74,14 @@ class TeacherConditioner(Conditioner):
         past = past if past is not None else TeacherPast()
         batch, steps = delayed.shape
         zero = delayed.new_zeros(batch)
+        shift = None
+        if self.models_residual:  # the MAF over x is a MAF over r = x - h, shifted by h
+            if context.prior is None:
+                raise ValueError("this teacher models x - h: the context needs the prior")
+            prior = context.prior.to(delayed.dtype)
+            shift = prior[:, position : position + steps]
+            before = prior[:, position - 1] if position > 0 else zero
+            delayed = delayed - torch.cat([before[:, None], shift[:, :-1]], dim=1)  # r_{t-1}
         log_gain = None
         if self.source_filter is not None:
             if context.lpc is None:
@@ -107,7 +120,10 @@ class TeacherConditioner(Conditioner):
         out = self.net(rows_of(features), context.conditioning, position, batch, past.stack)
         mean_net, log_scale_net = out.reshape(steps, batch, 2).permute(2, 1, 0)  # 2 x (B, n)
         raw = log_scale_net if log_gain is None else log_gain + log_scale_net
-        return base + gain * mean_net, soft_floor(raw, self.log_scale_floor), past
+        mean = base + gain * mean_net
+        if shift is not None:
+            mean = mean + shift
+        return mean, soft_floor(raw, self.log_scale_floor), past
 
 
 class GaussianWaveNet(ConditionedModel):
@@ -122,7 +138,7 @@ class GaussianWaveNet(ConditionedModel):
 
     def __init__(self, config: TeacherConfig, mel: MelConfig) -> None:
         super().__init__(config, mel)
-        conditioner = TeacherConditioner(config, *conditioning_channels(self.upsampler, self.pitch))
+        conditioner = TeacherConditioner(config, *self.conditioning_channels())
         self.flow = AffineAutoregressive(conditioner, "maf")
 
     def _check_waveform(self, x: Tensor, context: Context) -> None:

@@ -92,7 +92,8 @@ class EvaluationConfig(StrictModel):
     max_seconds: float = Field(6.0, gt=0)
     griffin_lim_iters: int = Field(32, ge=1)
     temperature: float = Field(1.0, ge=0)
-    teacher_sample_seconds: float = Field(0.5, ge=0)
+    teacher_sample_seconds: float = Field(0.5, ge=0, description="teacher sample clip length")
+    teacher_clips: int = Field(6, ge=1, description="test clips the teacher samples (a batch)")
     seed: int = 0
 
 

@@ -19,6 +19,7 @@ from models.conditioning import Context
 from models.config import (
     MelConfig,
     PitchConfig,
+    PriorConfig,
     SourceFilterConfig,
     StudentConfig,
     TeacherConfig,
@@ -45,6 +46,7 @@ class Variant:
     speakers: bool
     pitch: bool = False
     excitation: bool = False  # the student's mixed-excitation flow, and 3 pitch-lag taps
+    prior: bool = False  # the mel-inversion prior: the student's last step x = h + u
 
     def __str__(self) -> str:
         return self.name
@@ -67,6 +69,16 @@ VARIANTS = [
         pitch=True,
         excitation=True,
     ),
+    Variant(
+        "sf-pitch-mix-prior",
+        conditional=True,
+        source_filter=True,
+        speakers=False,
+        pitch=True,
+        excitation=True,
+        prior=True,
+    ),
+    Variant("plain-prior", conditional=True, source_filter=False, speakers=True, prior=True),
 ]
 VARIANT_IDS = [v.name for v in VARIANTS]
 SOURCE_FILTER_VARIANTS = [v for v in VARIANTS if v.source_filter]
@@ -108,6 +120,11 @@ def pitch_config(enabled: bool, lag_taps: int = 1) -> PitchConfig:
     )
 
 
+def prior_config(enabled: bool) -> PriorConfig:
+    """A tiny prior: 2 ConvNeXt layers of 6 channels, a 32-point iSTFT at the tiny hop."""
+    return PriorConfig(enabled=enabled, n_fft=32, channels=6, layers=2, expansion=2, kernel_size=3)
+
+
 def teacher_config(
     variant: Variant, kernel_size: int = 2, weight_norm: bool = False, preemphasis: float = 0.9
 ) -> TeacherConfig:
@@ -116,6 +133,7 @@ def teacher_config(
         upsampler=TINY_UPSAMPLER,
         source_filter=source_filter_config(variant.source_filter, preemphasis),
         pitch=pitch_config(variant.pitch, 3 if variant.excitation else 1),
+        prior=prior_config(variant.prior),
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
     )
@@ -133,6 +151,7 @@ def student_config(
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
         mixed_excitation=variant.excitation,
+        prior=prior_config(variant.prior),
     )
 
 

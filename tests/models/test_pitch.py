@@ -189,11 +189,12 @@ def test_context_carries_pitch_exactly_for_pitch_models(variant):
     student = make_student(variant)
     context = make_context(student, variant, batch=2, frames=4)
     if variant.pitch:
-        channels = source_channels(student.config.pitch)
+        channels = source_channels(student.config.pitch) + int(variant.prior)  # h: one more
         assert context.source is not None and context.source.shape == (2, channels, 24)
         assert context.lag is not None and context.lag.shape == (2, 24)
     else:
-        assert context.source is None and context.lag is None
+        assert context.lag is None
+        assert context.source is None if not variant.prior else context.source.shape[1] == 1
 
 
 @pytest.mark.parametrize("variant", PITCH_VARIANTS, ids=str)

@@ -25,7 +25,7 @@ from tests.models.helpers import (
 )
 
 KERNELS = pytest.mark.parametrize("kernel_size", [2, 3])
-EXCITATION_AND_GAIN = ("excitation", "gain")  # steps that depend on the conditioning only
+CONDITIONING_ONLY = ("excitation", "gain", "prior")  # steps that read the conditioning only
 
 
 def steps(student):
@@ -75,7 +75,7 @@ def test_student_wavenet_and_synthesis_flows_depend_on_the_previous_input(
     perturbed[:, position] += 1.0
     # The gain and mixed-excitation flows depend on the conditioning only (no autoregressive
     # part); every other flow must read u_{t-1}.
-    flows = [student.flows.step(n) for n in student.flows.names() if n not in EXCITATION_AND_GAIN]
+    flows = [student.flows.step(n) for n in student.flows.names() if n not in CONDITIONING_ONLY]
     for index, flow in enumerate(flows):
         step, step_p = flow(u, context), flow(perturbed, context)
         assert (step.mean[:, position + 1] != step_p.mean[:, position + 1]).any(), f"flow {index}"

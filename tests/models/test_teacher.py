@@ -136,7 +136,13 @@ def test_teacher_sample_is_seeded_by_its_generator(variant):
 def test_source_filter_teacher_with_a0_g1_rho0_equals_plain_teacher(variant, kernel_size):
     filtered = make_teacher(variant, kernel_size, preemphasis=0.0)
     plain_variant = Variant(
-        "plain", variant.conditional, False, variant.speakers, variant.pitch, variant.excitation
+        "plain",
+        variant.conditional,
+        False,
+        variant.speakers,
+        variant.pitch,
+        variant.excitation,
+        prior=variant.prior,
     )
     plain = make_teacher(plain_variant, kernel_size)
     plain.load_state_dict(filtered.state_dict())
@@ -155,12 +161,15 @@ def test_source_filter_teacher_with_a0_g1_rho0_equals_plain_teacher(variant, ker
 
 @pytest.mark.parametrize("variant", SOURCE_FILTER_VARIANTS, ids=str)
 def test_source_filter_teacher_mean_holds_the_lpc_prediction(variant):
-    # With the network's output zeroed, mean_t = rho x_{t-1} - sum_k a_k y_{t-k} exactly.
+    # With the network's output zeroed, mean_t = rho x_{t-1} - sum_k a_k y_{t-k} exactly (on
+    # the residual r = x - h, plus h, for a teacher with the prior).
     teacher = make_teacher(variant)
     torch.nn.init.zeros_(teacher.flow.conditioner.net.head_out.weight)
     torch.nn.init.zeros_(teacher.flow.conditioner.net.head_out.bias)
     context = make_context(teacher, variant, frames=3)
-    x = random_signal(context, seed=6)
+    signal = random_signal(context, seed=6)
+    shift = context.prior if variant.prior else torch.zeros_like(signal)
+    x = signal - shift  # what the source-filter structure runs on
     rho = teacher.config.source_filter.preemphasis
     previous = torch.nn.functional.pad(x, (1, 0))[:, :-1]
     y = x - rho * previous
@@ -172,8 +181,8 @@ def test_source_filter_teacher_mean_holds_the_lpc_prediction(variant):
         block = t // context.hop
         past = padded[:, t : t + order].flip(-1)  # y_{t-1} .. y_{t-p}
         expected[:, t] = rho * previous[:, t] - (a[:, block] * past).sum(-1)
-    mean, _ = teacher.conditionals(x, context)
-    torch.testing.assert_close(mean, expected, rtol=0, atol=1e-12)
+    mean, _ = teacher.conditionals(signal, context)
+    torch.testing.assert_close(mean, expected + shift, rtol=0, atol=1e-12)
 
 
 @ALL_VARIANTS

@@ -30,6 +30,7 @@ from training.data.dataset import PreparedCorpus, UtteranceDataset
 from training.evaluation.baselines import LinearPredictionBaseline, griffin_lim, lpc_noise_vocoder
 from training.evaluation.metrics import all_metrics
 from training.evaluation.plots import curves_figure, save_figure, spectrogram_figure
+from training.evaluation.teacher_samples import teacher_clips
 from training.objectives.context import model_context
 from training.objectives.distillation import distillation_terms
 from training.objectives.likelihood import utterance_bits
@@ -169,14 +170,25 @@ def evaluate(
                 str(out_dir / "figures" / f"spectrogram_{index}_{_file_id(item['id'])}.png"),
             )
 
-    teacher_clip = _teacher_clip(preset, teacher, student, items[0], out_dir, generator)
+    clips = teacher_clips(preset, teacher, student, items, generator)
+    first = clips.pop("first_clip")
+    clip_id = _file_id(items[0]["id"])
+    for name, audio in first.items():
+        sf.write(out_dir / "audio" / f"{clip_id}_clip_{name}.wav", np.clip(audio, -1, 1), rate)
+    fig = spectrogram_figure(
+        {"real": first["real"], "teacher (autoregressive, T = 1)": first["teacher"],
+         "student": first["student"], "Griffin-Lim": first["griffin_lim"]},
+        rate,
+        title=f"{items[0]['id']} (first {clips['seconds_per_clip']:.2f} s)",
+    )  # fmt: skip
+    save_figure(fig, str(out_dir / "figures" / "teacher_clip.png"))
     kl_closed, kl_closed_se = mean_and_stderr(torch.cat(closed))
     kl_mc, kl_mc_se = mean_and_stderr(torch.cat(mc))
     speed = {
         name: {"samples_per_second": audio_total / s, "x_real_time": audio_total / s / rate}
         for name, s in seconds.items()
     }
-    speed["teacher_autoregressive"] = teacher_clip["speed"]
+    speed["teacher_autoregressive"] = clips.pop("speed")
     report: dict[str, Any] = {
         "preset": preset.name,
         "data": str(data_dir),
@@ -197,6 +209,7 @@ def evaluate(
             "temperature": cfg.temperature,
         },
         "resynthesis": {name: _mean(r) for name, r in rows.items()},
+        "teacher_samples": clips,
         "speed": speed,
     }
     if histories:
@@ -225,41 +238,3 @@ def _untrained_structure(student: IAFStudent) -> IAFStudent | None:
     fresh = IAFStudent(student.config, student.mel_config).to(param.device, param.dtype)
     fresh.upsampler.load_state_dict(student.upsampler.state_dict())
     return fresh.eval()
-
-
-@torch.no_grad()
-def _teacher_clip(
-    preset: Preset,
-    teacher: GaussianWaveNet,
-    student: IAFStudent,
-    item: dict[str, Any],
-    out_dir: Path,
-    generator: torch.Generator,
-) -> dict[str, Any]:
-    """The teacher's autoregressive sample of a short clip (it is slow by nature) and its speed."""
-    rate, hop = preset.mel.sample_rate, preset.mel.hop_length
-    frames = max(2, int(preset.evaluation.teacher_sample_seconds * rate) // hop + 1)
-    mel = item["mel"][None, :, :frames]
-    steps = (mel.shape[-1] - 1) * hop
-    real = item["audio"][:steps].numpy()
-    speaker = item["speaker"].reshape(1)
-    context = model_context(teacher, mel, speaker, steps)
-    sample, elapsed = _timed(lambda: teacher.sample(context, generator=generator))
-    s_context = model_context(student, mel, speaker, steps)
-    fake = student.generate(
-        s_context, temperature=preset.evaluation.temperature, generator=generator
-    )
-    teacher_np = sample[0].numpy()
-    sf.write(
-        out_dir / "audio" / f"{_file_id(item['id'])}_clip_teacher.wav",
-        np.clip(teacher_np, -1, 1),
-        rate,
-    )
-    sf.write(out_dir / "audio" / f"{_file_id(item['id'])}_clip_real.wav", real, rate)
-    fig = spectrogram_figure(
-        {"real": real, "teacher (autoregressive)": teacher_np, "student": fake[0].numpy()},
-        rate,
-        title=f"{item['id']} (first {steps / rate:.2f} s)",
-    )
-    save_figure(fig, str(out_dir / "figures" / "teacher_clip.png"))
-    return {"speed": {"samples_per_second": steps / elapsed, "x_real_time": steps / elapsed / rate}}

@@ -1,0 +1,75 @@
+"""The teacher's own samples: what the student is distilled from, scored like the student.
+
+The teacher samples autoregressively (slow by nature), so it is scored on short clips: the
+first ``evaluation.teacher_sample_seconds`` of the first ``evaluation.teacher_clips`` test
+utterances, all in one batch, at temperature 1 (the distribution the student is taught). The
+student (at the bundle's temperature) and Griffin-Lim are scored on the same clips beside it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.student import IAFStudent
+from models.teacher import GaussianWaveNet
+from training.config import Preset
+from training.evaluation.baselines import griffin_lim
+from training.evaluation.metrics import all_metrics
+from training.objectives.context import model_context
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+@torch.no_grad()
+def teacher_clips(
+    preset: Preset,
+    teacher: GaussianWaveNet,
+    student: IAFStudent,
+    items: list[dict[str, Any]],
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Teacher samples, student and Griffin-Lim on the same short clips: mean metrics, the
+    audio of every system on the first clip, and the teacher's sampling speed."""
+    cfg = preset.evaluation
+    rate, hop = preset.mel.sample_rate, preset.mel.hop_length
+    chosen = items[: cfg.teacher_clips]
+    frames = max(2, int(cfg.teacher_sample_seconds * rate) // hop + 1)
+    frames = min([frames] + [item["mel"].shape[-1] for item in chosen])
+    steps = (frames - 1) * hop
+    mel = torch.stack([item["mel"][:, :frames] for item in chosen])
+    speaker = torch.stack([item["speaker"].reshape(()) for item in chosen])
+    real = [item["audio"][:steps].numpy() for item in chosen]
+    context = model_context(teacher, mel, speaker, steps)
+    started = time.perf_counter()
+    sampled = teacher.sample(context, generator=generator).float().numpy()
+    elapsed = time.perf_counter() - started
+    s_context = model_context(student, mel, speaker, steps)
+    noise = student.draw_noise(s_context, cfg.temperature, generator)
+    fake = student.generate(s_context, noise=noise).float().numpy()
+    outputs = {
+        "teacher": list(sampled),
+        "student": list(fake),
+        "griffin_lim": [griffin_lim(m, preset.mel, cfg.griffin_lim_iters) for m in mel],
+    }
+    scores = {
+        name: _mean([all_metrics(r, o, rate) for r, o in zip(real, audio, strict=True)])
+        for name, audio in outputs.items()
+    }
+    return {
+        "clips": len(chosen),
+        "seconds_per_clip": steps / rate,
+        "temperature": {"teacher": 1.0, "student": cfg.temperature},
+        "metrics": scores,
+        "first_clip": {"real": real[0], **{name: audio[0] for name, audio in outputs.items()}},
+        "speed": {
+            "samples_per_second": len(chosen) * steps / elapsed,
+            "x_real_time": len(chosen) * steps / elapsed / rate,
+            "batch": len(chosen),
+        },
+    }
