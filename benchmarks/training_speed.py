@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.common import newest
+from models.prior import MelInversionPrior
 from models.teacher import GaussianWaveNet
 from training.config import load_preset
 from training.data.dataset import SegmentDataset
@@ -34,6 +35,7 @@ from training.loop.batches import training_batches
 from training.loop.distributed import barrier, init_distributed, shutdown
 from training.loop.optim import make_optimizer
 from training.recipes.common import load_teacher
+from training.recipes.prior import PriorRecipe
 from training.recipes.student import DistillRecipe
 from training.recipes.teacher import TeacherRecipe
 
@@ -48,16 +50,21 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
             torch.set_num_threads(args.threads)
         torch.manual_seed(dist.rank)
         preset = load_preset(args.preset)
-        if args.job == "teacher":
-            recipe: TeacherRecipe | DistillRecipe = TeacherRecipe(preset, args.data, dist)
-            loop, optim = preset.teacher_training.loop, preset.teacher_training.optim
+        recipe: PriorRecipe | TeacherRecipe | DistillRecipe
+        if args.job == "prior":
+            recipe = PriorRecipe(preset, args.data, dist)
+        elif args.job == "teacher":
+            prior = None
+            if preset.uses_prior:  # an untrained prior: the step costs the same
+                prior = MelInversionPrior(preset.student.prior, preset.mel)
+            recipe = TeacherRecipe(preset, args.data, dist, prior)
         else:
             if args.teacher is not None:
                 teacher = load_teacher(args.teacher, dist.device)
             else:
                 teacher = GaussianWaveNet(preset.teacher, preset.mel).eval()
             recipe = DistillRecipe(preset, args.data, teacher, dist)
-            loop, optim = preset.distillation.loop, preset.distillation.optim
+        loop, optim = preset.job_loop(args.job), preset.job_optim(args.job)
         segment = preset.segment_samples(args.job)
         dataset = SegmentDataset(args.data, "train", segment_samples=segment, seed=0)
         batches = training_batches(dataset, loop.batch_size, dist, 0, 0)
@@ -105,7 +112,12 @@ def training_section(
     if data is None or not (data / "prepared.json").is_file():
         return {"skipped": "no prepared corpus (pass --data or run `make demo` first)"}
     results: dict[str, Any] = {"data": str(data), "preset": preset}
-    for job in ("teacher", "student"):
+    jobs = (
+        ("prior", "teacher", "student")
+        if load_preset(preset).uses_prior
+        else ("teacher", "student")
+    )
+    for job in jobs:
         for processes in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "result.json"
@@ -143,7 +155,7 @@ def training_section(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="prepared corpus")
-    parser.add_argument("--job", choices=["teacher", "student"], required=True)
+    parser.add_argument("--job", choices=["prior", "teacher", "student"], required=True)
     parser.add_argument("--preset", default="cpu-8k")
     parser.add_argument("--teacher", type=Path, help="teacher run (distillation; else random)")
     parser.add_argument("--steps", type=int, default=4)

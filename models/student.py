@@ -186,6 +186,8 @@ class IAFStudent(ConditionedModel):
         """
         hop = self.hop_length
         counts = self.flows.flops_per_sample(hop)
+        if self.prior is not None:
+            counts["prior_network"] = self.prior.flops_per_sample()
         counts["upsampler"] = sum(
             2.0 * m.in_channels * m.out_channels * m.kernel_size[0] / hop
             for m in self.upsampler.modules()

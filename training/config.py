@@ -12,6 +12,7 @@ from models.config import MelConfig, StrictModel, StudentConfig, TeacherConfig
 from models.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+Job = Literal["prior", "teacher", "student"]
 
 
 class DataConfig(StrictModel):
@@ -85,6 +86,21 @@ class DistillationConfig(StrictModel):
     stft_weight: float = Field(1.0, ge=0)
     stft_ffts: tuple[int, ...] = (512, 256, 128)
     temperature: float = Field(1.0, gt=0, description="z0 scale during distillation")
+    train_prior: bool = Field(False, description="go on training the prior (else frozen)")
+
+
+class PriorTrainingConfig(StrictModel):
+    """The mel-inversion prior's job: mel L1 (HiFi-GAN) and multi-resolution STFT losses against
+    the real segment, optionally a log-magnitude loss and APNet's anti-wrapped phase losses at
+    the head's own STFT."""
+
+    optim: OptimConfig = OptimConfig(betas=(0.8, 0.99), weight_decay=0.01)
+    loop: LoopConfig = LoopConfig()
+    mel_weight: float = Field(45.0, ge=0, description="L1 of the natural-log mel")
+    stft_weight: float = Field(1.0, ge=0)
+    stft_ffts: tuple[int, ...] = (512, 256, 128)
+    magnitude_weight: float = Field(0.0, ge=0, description="L2 of the head's log-magnitude")
+    phase_weight: float = Field(0.0, ge=0, description="instantaneous phase, group delay, IAF")
 
 
 class EvaluationConfig(StrictModel):
@@ -106,6 +122,7 @@ class Preset(StrictModel):
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    prior_training: PriorTrainingConfig = PriorTrainingConfig()
     teacher_training: TeacherTrainingConfig = TeacherTrainingConfig()
     distillation: DistillationConfig = DistillationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -115,6 +132,7 @@ class Preset(StrictModel):
         hop = self.mel.hop_length
         for name, value in [
             ("data.segment_samples", self.data.segment_samples),
+            ("prior_training.loop.segment_samples", self.prior_training.loop.segment_samples),
             ("teacher_training.loop.segment_samples", self.teacher_training.loop.segment_samples),
             ("distillation.loop.segment_samples", self.distillation.loop.segment_samples),
         ]:
@@ -126,11 +144,34 @@ class Preset(StrictModel):
             raise ValueError("student.source_filter must equal teacher.source_filter")
         if self.student.conditional != self.teacher.conditional:
             raise ValueError("student and teacher must both be conditional or both not")
+        if self.student.prior != self.teacher.prior:
+            raise ValueError("student.prior must equal teacher.prior (both use the one prior)")
         return self
 
-    def segment_samples(self, job: Literal["teacher", "student"]) -> int:
-        loop = self.teacher_training.loop if job == "teacher" else self.distillation.loop
-        return loop.segment_samples or self.data.segment_samples
+    @property
+    def uses_prior(self) -> bool:
+        return self.student.prior.enabled
+
+    def job_loop(self, job: Job) -> LoopConfig:
+        """The loop settings of one training job."""
+        jobs = {
+            "prior": self.prior_training.loop,
+            "teacher": self.teacher_training.loop,
+            "student": self.distillation.loop,
+        }
+        return jobs[job]
+
+    def job_optim(self, job: Job) -> OptimConfig:
+        """The optimiser settings of one training job."""
+        jobs = {
+            "prior": self.prior_training.optim,
+            "teacher": self.teacher_training.optim,
+            "student": self.distillation.optim,
+        }
+        return jobs[job]
+
+    def segment_samples(self, job: Job) -> int:
+        return self.job_loop(job).segment_samples or self.data.segment_samples
 
 
 class ConfigError(UserError, ValueError):

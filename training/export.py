@@ -108,7 +108,9 @@ def export_bundle(
             raise UserError(f"no evaluation report at {eval_json}")
         report = json.loads(eval_json.read_text())
         metrics = {
-            k: report[k] for k in ("teacher", "student", "resynthesis", "speed") if k in report
+            k: report[k]
+            for k in ("teacher", "student", "resynthesis", "teacher_samples", "speed")
+            if k in report
         }
     data = _data_card(data_dir)
     card: dict[str, Any] = {
@@ -124,6 +126,7 @@ def export_bundle(
             "parameters": int(sum(p.numel() for p in student.parameters())),
             "source_filter": preset.student.source_filter.enabled,
             "conditional": preset.student.conditional,
+            "prior": preset.student.prior.model_dump() if preset.uses_prior else None,
         },
         "training": meta,
         "data": data,

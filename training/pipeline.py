@@ -1,4 +1,4 @@
-"""``distilwave pipeline``: fetch -> prepare -> teacher -> student -> evaluate -> export.
+"""``distilwave pipeline``: fetch -> prepare -> [prior] -> teacher -> student -> evaluate -> export.
 
 Everything lands in one run directory; ``pipeline.json`` records each finished step with its
 wall time, so ``--resume`` skips what is done and continues a killed training step from its
@@ -19,14 +19,14 @@ import torch
 
 from models.errors import UserError
 from models.files import atomic_write_json
-from training.config import Preset
+from training.config import Job, Preset
 from training.data.fetch import resolve_corpus
 from training.data.prepare import prepare_corpus
 from training.evaluation.evaluate import evaluate
 from training.export import export_bundle
 from training.loop.checkpoint import CheckpointManager
 from training.recipes.common import load_student, load_teacher
-from training.recipes.jobs import check_device, run_student, run_teacher
+from training.recipes.jobs import check_device, run_job
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,15 @@ def _last_state(run_dir: Path) -> dict[str, Any]:
     return found[1]
 
 
-def _histories(teacher_dir: Path, student_dir: Path) -> dict[str, list[tuple[float, float]]]:
+def _histories(
+    teacher_dir: Path, student_dir: Path, prior_dir: Path | None
+) -> dict[str, list[tuple[float, float]]]:
     """Validation curves stored in the runs' last checkpoints."""
     curves: dict[str, list[tuple[float, float]]] = {}
+    if prior_dir is not None:
+        rows = _last_state(prior_dir)["recipe"].get("history", [])
+        curves["prior log-mel L1 (val)"] = [(r[0], r[1]) for r in rows]
+        curves["prior LSD (val, dB)"] = [(r[0], r[2]) for r in rows]
     teacher = _last_state(teacher_dir)
     curves["teacher bits per sample (val)"] = [(p[0], p[1]) for p in teacher["recipe"]["history"]]
     student = _last_state(student_dir)
@@ -78,7 +84,8 @@ def run_pipeline(
     )
     record["preset"] = preset.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: run_dir / name for name in ("data", "teacher", "student", "eval", "bundle")}
+    names = ("data", "prior", "teacher", "student", "eval", "bundle")
+    paths = {name: run_dir / name for name in names}
 
     def step(name: str, action: Callable[[], Any]) -> None:
         if record["steps"].get(name, {}).get("done"):
@@ -106,23 +113,26 @@ def run_pipeline(
         report = prepare_corpus(src, paths["data"], preset)
         return {"kept": report.get("counts", {}).get("kept"), "report": str(paths["data"])}
 
-    def teacher() -> dict[str, Any]:
-        resume_teacher = (paths["teacher"] / "checkpoints").is_dir()
-        result, _ = run_teacher(preset, paths["data"], paths["teacher"], resume_teacher, device)
-        return {"steps": result.step, "stopped": result.stopped, "best_bits": result.best_metric}
+    def train(job: Job, upstream: Path | None) -> Callable[[], dict[str, Any]]:
+        def action() -> dict[str, Any]:
+            resume_job = (paths[job] / "checkpoints").is_dir()
+            result, _ = run_job(
+                job, preset, paths["data"], paths[job], resume_job, device, upstream
+            )
+            return {
+                "steps": result.step,
+                "stopped": result.stopped,
+                "best_metric": result.best_metric,
+            }
 
-    def student() -> dict[str, Any]:
-        resume_student = (paths["student"] / "checkpoints").is_dir()
-        result, _ = run_student(
-            preset, paths["data"], paths["teacher"], paths["student"], resume_student, device
-        )
-        return {"steps": result.step, "stopped": result.stopped, "best_metric": result.best_metric}
+        return action
 
     def evaluation() -> dict[str, Any]:
         cpu = torch.device("cpu")
         teacher_model = load_teacher(paths["teacher"], cpu)
         student_model, _, _ = load_student(paths["student"], cpu)
-        curves = _histories(paths["teacher"], paths["student"])
+        prior_dir = paths["prior"] if preset.uses_prior else None
+        curves = _histories(paths["teacher"], paths["student"], prior_dir)
         report = evaluate(
             preset, paths["data"], teacher_model, student_model, paths["eval"], curves
         )
@@ -132,11 +142,13 @@ def run_pipeline(
         export_bundle(paths["student"], paths["bundle"], paths["data"], paths["eval"] / "eval.json")
         return {"bundle": str(paths["bundle"])}
 
+    prior_step = [("prior", train("prior", None))] if preset.uses_prior else []
     for name, action in [
         ("fetch", fetch),
         ("prepare", prepare),
-        ("teacher", teacher),
-        ("student", student),
+        *prior_step,
+        ("teacher", train("teacher", paths["prior"] if preset.uses_prior else None)),
+        ("student", train("student", paths["teacher"])),
         ("evaluate", evaluation),
         ("export", export),
     ]:

@@ -67,7 +67,7 @@ def pipeline_command(
     resume: ResumeOption = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """The whole job: fetch -> prepare -> teacher -> student -> evaluate -> export.
+    """The whole job: fetch -> prepare -> [prior] -> teacher -> student -> evaluate -> export.
 
     Uses the default corpus (asterisk-core-sounds-en-wav) unless --source or data.corpus says
     otherwise; everything lands in --run-dir (default runs/<preset>-<timestamp>).
@@ -81,8 +81,7 @@ def pipeline_command(
         run_dir = Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     record = run_pipeline(config, run_dir, source, resume, device)
     typer.echo("")
-    for name in ("fetch", "prepare", "teacher", "student", "evaluate", "export"):
-        info = record["steps"].get(name, {})
+    for name, info in record["steps"].items():
         typer.echo(f"  {name:<9} {info.get('seconds', float('nan')):>8.1f} s")
     summary = record["steps"].get("evaluate", {}).get("summary")
     if summary:

@@ -19,7 +19,8 @@ from distilwave.cli.options import (
 from training.config import load_preset
 
 app = typer.Typer(
-    help="Train the teacher (maximum likelihood) or distil the student (reverse KL).",
+    help="Train the prior (spectral losses), the teacher (maximum likelihood) or distil the "
+    "student (reverse KL).",
     no_args_is_help=True,
 )
 
@@ -29,8 +30,8 @@ def _main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-@app.command("teacher")
-def teacher(
+@app.command("prior")
+def prior(
     data: DataOption,
     preset: PresetOption = "cpu-8k",
     overrides: SetOption = None,
@@ -38,15 +39,40 @@ def teacher(
     resume: ResumeOption = False,
     device: DeviceOption = "auto",
 ) -> None:
+    """Train the mel-inversion prior (presets with student.prior.enabled) with spectral losses."""
+    from training.recipes.jobs import run_job
+
+    config = load_preset(preset, overrides)
+    result, where = run_job("prior", config, data, run_dir, resume, device)
+    if _main_rank():
+        typer.echo(
+            f"prior: {result.step} steps ({result.stopped}), best log-mel L1 "
+            f"{result.best_metric:.4f}; run in {where}"
+        )
+
+
+@app.command("teacher")
+def teacher(
+    data: DataOption,
+    preset: PresetOption = "cpu-8k",
+    overrides: SetOption = None,
+    run_dir: RunDirOption = None,
+    resume: ResumeOption = False,
+    prior: Annotated[
+        Path | None,
+        typer.Option("--prior", exists=True, help="prior run (presets with the prior)"),
+    ] = None,
+    device: DeviceOption = "auto",
+) -> None:
     """Train the Gaussian WaveNet teacher (MAF) by maximum likelihood on a prepared corpus.
 
     Under torchrun (`torchrun --nproc-per-node N -m distilwave.cli train teacher ...`) it runs
     DistributedDataParallel; rank 0 writes checkpoints.
     """
-    from training.recipes.jobs import run_teacher
+    from training.recipes.jobs import run_job
 
     config = load_preset(preset, overrides)
-    result, where = run_teacher(config, data, run_dir, resume, device)
+    result, where = run_job("teacher", config, data, run_dir, resume, device, prior)
     if _main_rank():
         typer.echo(
             f"teacher: {result.step} steps ({result.stopped}), best bits/sample "
@@ -72,13 +98,13 @@ def student(
     device: DeviceOption = "auto",
 ) -> None:
     """Distil the parallel IAF student from a trained teacher (reverse KL + spectral loss)."""
-    from training.recipes.jobs import run_student
+    from training.recipes.jobs import run_job
 
     extra = list(overrides or [])
     if kl is not None:
         extra.append(f"distillation.kl={kl}")
     config = load_preset(preset, extra)
-    result, where = run_student(config, data, teacher, run_dir, resume, device)
+    result, where = run_job("student", config, data, run_dir, resume, device, teacher)
     if _main_rank():
         typer.echo(
             f"student: {result.step} steps ({result.stopped}), best validation "

@@ -115,7 +115,12 @@ def evaluate(
         mel = item["mel"][None]
         speaker = item["speaker"].reshape(1)
         audio_total += len(real)
-        context = model_context(student, mel, speaker, len(real))
+        # the student's time includes its context (upsampler, linear prediction, pitch, prior)
+        length = len(real)
+        context, elapsed = _timed(
+            lambda m=mel, s=speaker, n=length: model_context(student, m, s, n)
+        )
+        seconds["student"] += elapsed
         noise = student.draw_noise(context, cfg.temperature, generator)
         fake, elapsed = _timed(lambda c=context, n=noise: student.generate(c, noise=n))
         seconds["student"] += elapsed
@@ -136,6 +141,11 @@ def evaluate(
         )
         seconds["lpc_noise"] += elapsed
         outputs = {"student": fake_np, "griffin_lim": gl, "lpc_noise": noise_voc}
+        if student.prior is not None:  # the prior alone: h(mel), what the flows start from
+            prior, elapsed = _timed(lambda m=mel: student.prior(m)[0])
+            seconds["prior"] = seconds.get("prior", 0.0) + elapsed
+            outputs["prior"] = prior.numpy()
+            rows.setdefault("prior", [])
         if structure is not None:
             plain, elapsed = _timed(lambda c=context, n=noise: structure.generate(c, noise=n))
             seconds["structure_only"] += elapsed
@@ -156,6 +166,7 @@ def evaluate(
                     "student (IAF)": fake_np,
                     "Griffin-Lim": gl,
                     "LPC + noise": noise_voc,
+                    **({"prior h(mel) alone": outputs["prior"]} if "prior" in outputs else {}),
                     **(
                         {"structure only (no network)": outputs["structure_only"]}
                         if "structure_only" in outputs
@@ -237,4 +248,6 @@ def _untrained_structure(student: IAFStudent) -> IAFStudent | None:
     param = next(student.parameters())
     fresh = IAFStudent(student.config, student.mel_config).to(param.device, param.dtype)
     fresh.upsampler.load_state_dict(student.upsampler.state_dict())
+    if student.prior is not None and fresh.prior is not None:  # trained, like the upsampler
+        fresh.prior.load_state_dict(student.prior.state_dict())
     return fresh.eval()

@@ -1,9 +1,10 @@
 """The teacher's own samples: what the student is distilled from, scored like the student.
 
 The teacher samples autoregressively (slow by nature), so it is scored on short clips: the
-first ``evaluation.teacher_sample_seconds`` of the first ``evaluation.teacher_clips`` test
-utterances, all in one batch, at temperature 1 (the distribution the student is taught). The
-student (at the bundle's temperature) and Griffin-Lim are scored on the same clips beside it.
+first ``evaluation.teacher_sample_seconds`` (at least 0.3 s, what the metrics need) of the
+first ``evaluation.teacher_clips`` test utterances, all in one batch, at temperature 1 (the
+distribution the student is taught). The student (at the bundle's temperature) and
+Griffin-Lim are scored on the same clips beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from training.config import Preset
 from training.evaluation.baselines import griffin_lim
 from training.evaluation.metrics import all_metrics
 from training.objectives.context import model_context
+
+SHORTEST_SCORED = 0.3  # seconds: PESQ and the multi-resolution STFT need this much
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -39,7 +42,8 @@ def teacher_clips(
     cfg = preset.evaluation
     rate, hop = preset.mel.sample_rate, preset.mel.hop_length
     chosen = items[: cfg.teacher_clips]
-    frames = max(2, int(cfg.teacher_sample_seconds * rate) // hop + 1)
+    seconds = max(cfg.teacher_sample_seconds, SHORTEST_SCORED)
+    frames = int(seconds * rate) // hop + 1
     frames = min([frames] + [item["mel"].shape[-1] for item in chosen])
     steps = (frames - 1) * hop
     mel = torch.stack([item["mel"][:, :frames] for item in chosen])

@@ -1,9 +1,14 @@
-"""Training losses: teacher likelihood and the student's distillation objective."""
+"""Spectral losses: multi-resolution STFT (Parallel WaveGAN), log-mel L1 (HiFi-GAN) and
+anti-wrapped phase losses (APNet)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from models.mel import MelFrontEnd
 
 
 def stft_magnitude(x: Tensor, n_fft: int) -> Tensor:
@@ -39,3 +44,25 @@ def multi_resolution_stft(
             + (torch.log(real.clamp_min(eps)) - torch.log(predicted.clamp_min(eps))).abs().mean()
         )
     return convergence / len(ffts), log_distance / len(ffts)
+
+
+def log_mel_distance(prediction: Tensor, target: Tensor, front_end: MelFrontEnd) -> Tensor:
+    """Mean absolute difference of the natural-log mels (HiFi-GAN's mel loss), the model's own
+    front end for both."""
+    scale = front_end.config.norm_scale  # the features are (ln mel + offset) / scale
+    return (front_end(prediction) - front_end(target)).abs().mean() * scale
+
+
+def anti_wrapped(angle: Tensor) -> Tensor:
+    """``|angle - 2 pi round(angle / 2 pi)|``: the distance of an angle to 0 on the circle."""
+    return (angle - 2 * math.pi * torch.round(angle / (2 * math.pi))).abs()
+
+
+def phase_losses(predicted: Tensor, target: Tensor) -> Tensor:
+    """APNet's instantaneous phase, group delay and instantaneous angular frequency losses
+    between two complex spectra ``(B, F, M)``, anti-wrapped (Ai and Ling, 2023)."""
+    error = torch.angle(predicted) - torch.angle(target)
+    instantaneous = anti_wrapped(error).mean()
+    group_delay = anti_wrapped(torch.diff(error, dim=1)).mean()
+    angular_frequency = anti_wrapped(torch.diff(error, dim=2)).mean()
+    return instantaneous + group_delay + angular_frequency

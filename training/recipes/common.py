@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from models.errors import UserError
+from models.prior import MelInversionPrior
 from models.student import IAFStudent, upgrade_state_dict
 from models.teacher import GaussianWaveNet
 from training.config import Preset, preset_from_dict
@@ -55,6 +56,15 @@ def _trained_state(path: Path, kind: str) -> tuple[dict[str, Any], Preset]:
         raise UserError(f"{path} is a {state.get('kind')} checkpoint, not a {kind}")
     state["path"] = str(path)
     return state, preset_from_dict(state["config"]["preset"])
+
+
+def load_prior(path: Path, device: torch.device) -> MelInversionPrior:
+    """The EMA mel-inversion prior from a checkpoint file or a prior run directory."""
+    state, preset = _trained_state(path, "prior")
+    model = MelInversionPrior(preset.student.prior, preset.mel)
+    model.load_state_dict(state["ema"]["shadow"])
+    log.info("loaded prior (EMA) from %s, step %d", state["path"], state["step"])
+    return model.to(device).eval()
 
 
 def load_teacher(path: Path, device: torch.device) -> GaussianWaveNet:

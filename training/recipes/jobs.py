@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from models.errors import UserError
-from training.config import LoopConfig, Preset
+from training.config import Job, LoopConfig, Preset
 from training.data.dataset import SegmentDataset
 from training.loop.batches import training_batches
 from training.loop.distributed import DistInfo, barrier, init_distributed, shutdown
 from training.loop.runs import attach_log_file, write_snapshot
 from training.loop.trainer import LoopResult, Recipe, Trainer
-from training.recipes.common import load_teacher
+from training.recipes.common import load_prior, load_teacher
+from training.recipes.prior import PriorRecipe
 from training.recipes.student import DistillRecipe
 from training.recipes.teacher import TeacherRecipe
 
@@ -60,16 +61,14 @@ def _setup(loop: LoopConfig, dist: DistInfo) -> None:
 def _run(
     recipe: Recipe,
     preset: Preset,
-    loop: LoopConfig,
-    job: str,
+    job: Job,
     data_dir: Path,
     run_dir: Path,
     resume: bool,
     dist: DistInfo,
-    segment_samples: int,
     extra: dict[str, str],
 ) -> LoopResult:
-    optim = preset.teacher_training.optim if job == "teacher" else preset.distillation.optim
+    loop, optim = preset.job_loop(job), preset.job_optim(job)
     snapshot = {
         "preset": preset.model_dump(mode="json"),
         "optim": optim.model_dump(mode="json"),
@@ -84,7 +83,7 @@ def _run(
         dataset = SegmentDataset(
             data_dir,
             "train",
-            segment_samples=segment_samples,
+            segment_samples=preset.segment_samples(job),
             dequantize=preset.data.dequantize,
             seed=loop.seed,
         )
@@ -117,61 +116,43 @@ def _run(
             handler.close()
 
 
-def run_teacher(
-    preset: Preset, data_dir: Path, run_dir: Path | None, resume: bool, device: str = "auto"
-) -> tuple[LoopResult, Path]:
-    """Train the teacher by maximum likelihood; returns the result and the run directory."""
-    dist = _join(device)
-    try:
-        loop = preset.teacher_training.loop
-        _setup(loop, dist)
-        run_dir = resolve_run_dir(preset, "teacher", run_dir, resume)
-        recipe = TeacherRecipe(preset, data_dir, dist)
-        result = _run(
-            recipe,
-            preset,
-            loop,
-            "teacher",
-            data_dir,
-            run_dir,
-            resume,
-            dist,
-            preset.segment_samples("teacher"),
-            {},
-        )
-        return result, run_dir
-    finally:
-        shutdown(dist)
-
-
-def run_student(
+def run_job(
+    job: Job,
     preset: Preset,
     data_dir: Path,
-    teacher_path: Path,
     run_dir: Path | None,
     resume: bool,
     device: str = "auto",
+    upstream: Path | None = None,
 ) -> tuple[LoopResult, Path]:
-    """Distil the student from a trained teacher; returns the result and the run directory."""
+    """Train one job (``prior``, ``teacher`` or ``student``); returns the result and the run.
+
+    ``upstream`` is the run this job starts from: the prior run for a teacher with the prior,
+    the teacher run for the student.
+    """
     dist = _join(device)
     try:
-        loop = preset.distillation.loop
-        _setup(loop, dist)
-        run_dir = resolve_run_dir(preset, "student", run_dir, resume)
-        teacher = load_teacher(teacher_path, dist.device)
-        recipe = DistillRecipe(preset, data_dir, teacher, dist)
-        result = _run(
-            recipe,
-            preset,
-            loop,
-            "student",
-            data_dir,
-            run_dir,
-            resume,
-            dist,
-            preset.segment_samples("student"),
-            {"teacher": str(teacher_path)},
-        )
-        return result, run_dir
+        _setup(preset.job_loop(job), dist)
+        run_dir = resolve_run_dir(preset, job, run_dir, resume)
+        extra: dict[str, str] = {}
+        recipe: Recipe
+        if job == "prior":
+            if not preset.uses_prior:
+                raise UserError(f"preset {preset.name!r} has no prior (student.prior.enabled)")
+            recipe = PriorRecipe(preset, data_dir, dist)
+        elif job == "teacher":
+            prior = None
+            if preset.uses_prior:
+                if upstream is None:
+                    raise UserError("this teacher models x - h: pass --prior (the prior run)")
+                prior = load_prior(upstream, dist.device)
+                extra["prior"] = str(upstream)
+            recipe = TeacherRecipe(preset, data_dir, dist, prior)
+        else:
+            if upstream is None:
+                raise UserError("distillation needs --teacher (the teacher run)")
+            recipe = DistillRecipe(preset, data_dir, load_teacher(upstream, dist.device), dist)
+            extra["teacher"] = str(upstream)
+        return _run(recipe, preset, job, data_dir, run_dir, resume, dist, extra), run_dir
     finally:
         shutdown(dist)

@@ -56,6 +56,12 @@ class DistillRecipe:
             p.requires_grad_(False)
         student = IAFStudent(preset.student, preset.mel)
         student.upsampler.load_state_dict(teacher.upsampler.state_dict())
+        if student.prior is not None:
+            if teacher.prior is None:
+                raise UserError("this student shifts by the prior: its teacher has none")
+            # the same trained prior as the teacher's, frozen unless the preset trains it on
+            student.prior.load_state_dict(teacher.prior.state_dict())
+            student.prior.requires_grad_(preset.distillation.train_prior)
         if not preset.student.source_filter.enabled:
             gain = student.gain
             assert gain.log_scale is not None

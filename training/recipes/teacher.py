@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from models.errors import UserError
+from models.prior import MelInversionPrior
 from models.teacher import GaussianWaveNet
 from training.config import Preset
 from training.data.dataset import UtteranceDataset
@@ -29,7 +30,13 @@ class TeacherRecipe:
 
     kind = "teacher"
 
-    def __init__(self, preset: Preset, data_dir: Path, dist: DistInfo) -> None:
+    def __init__(
+        self,
+        preset: Preset,
+        data_dir: Path,
+        dist: DistInfo,
+        prior: MelInversionPrior | None = None,
+    ) -> None:
         corpus = check_corpus(preset, data_dir)
         if preset.teacher.n_speakers and preset.teacher.n_speakers < len(corpus.speakers):
             raise UserError(
@@ -38,7 +45,14 @@ class TeacherRecipe:
             )
         self.preset = preset
         self.dist = dist
-        teacher = GaussianWaveNet(preset.teacher, preset.mel).to(dist.device)
+        teacher = GaussianWaveNet(preset.teacher, preset.mel)
+        if teacher.prior is not None:
+            if prior is None:
+                raise UserError("this teacher models x - h: it needs the trained prior")
+            # the teacher's copy of the trained prior, frozen: it reads h, never learns it
+            teacher.prior.load_state_dict(prior.state_dict())
+            teacher.prior.requires_grad_(False)
+        teacher = teacher.to(dist.device)
         self.model: nn.Module = teacher
         self.objective: nn.Module = TeacherObjective(teacher)
         loop = preset.teacher_training.loop

@@ -1,6 +1,6 @@
 """Train the real teacher recipe under torchrun and save what each replica holds at the end.
 
-``torchrun --standalone --nproc-per-node 2 ddp_replicas.py DATA RUN_DIR OUT [KEY=VALUE ...]``
+``torchrun --standalone --nproc-per-node 2 ddp_replicas.py DATA PRIOR RUN_DIR OUT [KEY=VALUE ...]``
 builds what ``distilwave train teacher --preset smoke`` builds (recipe, step-indexed batches,
 Trainer with DDP, rank-0 checkpoints), fits it, then each rank writes ``OUT/rank-<r>.pt`` with
 its model weights and its EMA, so a test can compare the replicas with each other and with the
@@ -19,17 +19,18 @@ from training.data.dataset import SegmentDataset
 from training.loop.batches import training_batches
 from training.loop.distributed import init_distributed, shutdown
 from training.loop.trainer import Trainer
+from training.recipes.common import load_prior
 from training.recipes.jobs import _setup
 from training.recipes.teacher import TeacherRecipe
 
 
-def main(data: Path, run_dir: Path, out: Path, overrides: list[str]) -> None:
+def main(data: Path, prior: Path, run_dir: Path, out: Path, overrides: list[str]) -> None:
     preset = load_preset("smoke", overrides)
     dist = init_distributed("cpu")
     try:
         loop = preset.teacher_training.loop
         _setup(loop, dist)
-        recipe = TeacherRecipe(preset, data, dist)
+        recipe = TeacherRecipe(preset, data, dist, load_prior(prior, dist.device))
         dataset = SegmentDataset(
             data, "train", segment_samples=preset.segment_samples("teacher"), seed=loop.seed
         )
@@ -58,4 +59,4 @@ def main(data: Path, run_dir: Path, out: Path, overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:])

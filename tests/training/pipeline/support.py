@@ -123,6 +123,10 @@ class SmokeRun:
         return self.root / "data"
 
     @property
+    def prior(self) -> Path:
+        return self.root / "prior"
+
+    @property
     def teacher(self) -> Path:
         return self.root / "teacher"
 

@@ -126,6 +126,7 @@ def test_every_shipped_preset_validates_and_builds_its_models(name):
     expected = ["excitation"] if preset.student.mixed_excitation else []
     expected += [f"wavenet_{i + 1}" for i in range(preset.student.flows)] + ["gain"]
     expected += ["synthesis"] if preset.student.source_filter.enabled else []
+    expected += ["prior"] if preset.student.prior.enabled else []
     assert student.flows.names() == expected
 
 

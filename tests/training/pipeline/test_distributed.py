@@ -28,6 +28,7 @@ def ddp_run(smoke, tmp_path_factory):
             "2",
             str(HELPER),
             str(smoke.data),
+            str(smoke.prior),
             str(root / "run"),
             str(root / "replicas"),
             "teacher_training.loop.steps=2",

@@ -31,9 +31,10 @@ from training.loop.checkpoint import load_checkpoint
 WARNING = "non-finite loss at step"
 
 
-def _train_teacher(cli, data, run_dir, *extra):
+def _train_teacher(cli, smoke, data, run_dir, *extra):
     return cli("train", "teacher", "--data", data, "--preset", "smoke", "--device", "cpu",
-               *sets(TEACHER_SET), "--run-dir", run_dir, *extra)  # fmt: skip
+               *sets(TEACHER_SET), "--prior", smoke.prior, "--run-dir", run_dir,
+               *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +52,14 @@ def first_batch_corrupted(smoke, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def skipping_run(first_batch_corrupted, tmp_path_factory):
+def skipping_run(smoke, first_batch_corrupted, tmp_path_factory):
     """A 6-step teacher run on that corpus, through the CLI (in this process)."""
     from distilwave.cli import main
 
     run_dir = tmp_path_factory.mktemp("skipping") / "teacher"
     args = ["train", "teacher", "--data", str(first_batch_corrupted), "--preset", "smoke",
-            "--device", "cpu", *sets(TEACHER_SET), "--run-dir", str(run_dir)]  # fmt: skip
+            "--device", "cpu", *sets(TEACHER_SET), "--prior", str(smoke.prior),
+            "--run-dir", str(run_dir)]  # fmt: skip
     try:
         main(args)
     except SystemExit as exc:
@@ -75,9 +77,11 @@ def test_nonfinite_loss_steps_are_skipped_counted_and_training_goes_on(skipping_
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_resume_after_skipped_steps_is_exact(first_batch_corrupted, skipping_run, cli, tmp_path):
+def test_resume_after_skipped_steps_is_exact(
+    first_batch_corrupted, skipping_run, cli, tmp_path, smoke
+):
     run_dir = copy_run(skipping_run, tmp_path / "teacher", drop_steps=[6])
-    result = _train_teacher(cli, first_batch_corrupted, run_dir, "--resume")
+    result = _train_teacher(cli, smoke, first_batch_corrupted, run_dir, "--resume")
     assert result.code == 0, result.stderr[-2000:]
     resumed = load_checkpoint(step_file(run_dir, 6))
     reference = load_checkpoint(step_file(skipping_run, 6))
@@ -102,6 +106,7 @@ def test_too_many_nonfinite_losses_in_a_row_stop_with_the_last_good_checkpoint_i
     good = step_file(run_dir, 6).read_bytes()
     result = _train_teacher(
         cli,
+        smoke,
         data,
         run_dir,
         "--resume",
@@ -122,11 +127,11 @@ def test_too_many_nonfinite_losses_in_a_row_stop_with_the_last_good_checkpoint_i
 
 
 def test_nonfinite_losses_from_the_first_step_stop_saying_there_is_no_checkpoint(
-    all_corrupted, cli, tmp_path
+    smoke, all_corrupted, cli, tmp_path
 ):
     run_dir = tmp_path / "teacher"
     result = _train_teacher(
-        cli, all_corrupted, run_dir, "--set", "teacher_training.loop.max_bad_steps=2"
+        cli, smoke, all_corrupted, run_dir, "--set", "teacher_training.loop.max_bad_steps=2"
     )
     assert result.code == 1
     assert result.error_lines == [

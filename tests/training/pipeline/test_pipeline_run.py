@@ -10,7 +10,7 @@ from pathlib import Path
 from models.bundle import load_bundle
 from tests.training.pipeline.support import FIXTURE_CORPUS, step_files
 
-STEPS = ["fetch", "prepare", "teacher", "student", "evaluate", "export"]
+STEPS = ["fetch", "prepare", "prior", "teacher", "student", "evaluate", "export"]
 METRICS = {"lsd_db", "mr_stft", "mcd_db", "pesq", "stoi"}
 
 
@@ -50,9 +50,8 @@ def test_each_job_log_holds_only_its_own_job(smoke):
 
 def test_eval_json_has_the_documented_keys_with_finite_values(smoke):
     report = json.loads((smoke.eval_dir / "eval.json").read_text())
-    assert {"teacher", "student", "resynthesis", "speed", "figures", "learning_curves"} <= set(
-        report
-    )
+    expected = {"teacher", "student", "resynthesis", "teacher_samples", "speed", "figures"}
+    assert expected | {"learning_curves"} <= set(report)
     assert set(report["teacher"]) == {
         "bits_per_sample",
         "bits_per_sample_on_student_output",
@@ -64,12 +63,19 @@ def test_eval_json_has_the_documented_keys_with_finite_values(smoke):
         "kl_mc_nats_per_sample",
         "kl_mc_stderr",
     } <= set(report["student"])
-    systems = {"student", "griffin_lim", "lpc_noise", "structure_only"}  # a pitch student
+    # a pitch student with the prior: its structure alone and the prior alone beside it
+    systems = {"student", "griffin_lim", "lpc_noise", "structure_only", "prior"}
     assert set(report["resynthesis"]) == systems
     for name, values in report["resynthesis"].items():
         assert set(values) == METRICS, name
     assert set(report["speed"]) == systems | {"teacher_autoregressive"}
+    clips = report["teacher_samples"]
+    assert clips["clips"] == report["test_utterances"] and clips["seconds_per_clip"] >= 0.3
+    assert set(clips["metrics"]) == {"teacher", "student", "griffin_lim"}
+    for values in clips["metrics"].values():
+        assert set(values) == METRICS
     numbers = [
+        *(v for values in clips["metrics"].values() for v in values.values()),
         *report["teacher"].values(),
         *(v for k, v in report["student"].items() if k != "temperature"),
         *(v for values in report["resynthesis"].values() for v in values.values()),
@@ -91,14 +97,14 @@ def test_eval_json_lists_every_figure_it_wrote(smoke):
 
 def test_eval_audio_holds_every_system_of_the_first_utterance(smoke):
     names = {p.name for p in (smoke.eval_dir / "audio").glob("*.wav")}
-    systems = ("real", "student", "griffin_lim", "lpc_noise", "structure_only")
-    for system in (*systems, "clip_teacher", "clip_real"):
+    systems = ("real", "student", "griffin_lim", "lpc_noise", "structure_only", "prior")
+    for system in (*systems, "clip_teacher", "clip_real", "clip_student", "clip_griffin_lim"):
         assert any(name.endswith(f"_{system}.wav") for name in names), system
 
 
-def test_learning_curves_cover_every_validation_of_both_jobs(smoke):
+def test_learning_curves_cover_every_validation_of_every_job(smoke):
     curves = json.loads((smoke.eval_dir / "eval.json").read_text())["learning_curves"]
-    assert len(curves) == 4
+    assert len(curves) == 6  # prior (2), teacher (1), student (3)
     for name, points in curves.items():
         assert [step for step, _ in points] == [3, 6], name
 

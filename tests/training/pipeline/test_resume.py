@@ -26,7 +26,7 @@ from training.loop.checkpoint import load_checkpoint
 
 def _teacher_args(smoke, run_dir, *extra):
     common = ["--data", smoke.data, "--preset", "smoke", "--device", "cpu", *sets(TEACHER_SET)]
-    return ["train", "teacher", *common, "--run-dir", run_dir, *extra]
+    return ["train", "teacher", *common, "--prior", smoke.prior, "--run-dir", run_dir, *extra]
 
 
 def _student_args(smoke, run_dir, *extra):

@@ -1,0 +1,69 @@
+"""The mel-inversion prior's objective: its waveform against the real segment.
+
+Mel L1 (natural-log mel, HiFi-GAN's weight 45) plus the multi-resolution STFT distance, and
+optionally, at the head's own STFT (frames whose target sees reflect padding left out): the
+log-magnitude L2 and APNet's anti-wrapped phase losses. No adversary: on a CPU budget a GAN
+has ~10^3 steps where it needs 10^5 (docs/architecture.md, measurements).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.config import MelConfig
+from models.mel import MelFrontEnd
+from models.prior import MelInversionPrior
+from training.config import PriorTrainingConfig
+from training.objectives.spectral import log_mel_distance, multi_resolution_stft, phase_losses
+
+
+def prior_terms(
+    prior: MelInversionPrior, batch: dict[str, Tensor], config: PriorTrainingConfig,
+    front_end: MelFrontEnd,
+) -> dict[str, Tensor]:  # fmt: skip
+    """Every loss term (scalars) and the weighted ``loss``."""
+    audio, mel = batch["audio"], batch["mel"]
+    spectrum, log_magnitude = prior.spectrum(mel)
+    waveform = prior.waveform(spectrum)
+    audio = audio[:, : waveform.shape[1]]
+    terms = {"mel": log_mel_distance(waveform, audio, front_end)}
+    convergence, magnitude = multi_resolution_stft(waveform, audio, config.stft_ffts)
+    terms["stft"] = convergence + magnitude
+    loss = config.mel_weight * terms["mel"] + config.stft_weight * terms["stft"]
+    if config.magnitude_weight or config.phase_weight:
+        n_fft, hop = prior.config.n_fft, prior.mel_config.hop_length
+        target = torch.stft(
+            audio, n_fft, hop, window=prior.window.to(audio.dtype), center=True,
+            return_complex=True,
+        )  # fmt: skip
+        edge = n_fft // 2 // hop
+        inner = slice(edge, target.shape[-1] - edge)
+        if config.magnitude_weight:
+            log_target = torch.log(target[..., inner].abs().clamp_min(1e-5))
+            terms["magnitude"] = (log_magnitude[..., inner] - log_target).square().mean()
+            loss = loss + config.magnitude_weight * terms["magnitude"]
+        if config.phase_weight:
+            terms["phase"] = phase_losses(spectrum[..., inner], target[..., inner])
+            loss = loss + config.phase_weight * terms["phase"]
+    terms["loss"] = loss
+    return terms
+
+
+class PriorObjective(nn.Module):
+    """The prior's training loss (what DDP wraps); the front end is fixed, not trained."""
+
+    def __init__(
+        self, prior: MelInversionPrior, config: PriorTrainingConfig, mel: MelConfig
+    ) -> None:
+        super().__init__()
+        self.prior = prior
+        self.config = config
+        object.__setattr__(self, "front_end", MelFrontEnd(mel))  # no parameters, not saved
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        front_end: MelFrontEnd = self.front_end  # type: ignore[assignment]
+        front_end.to(batch["audio"].device)
+        terms = prior_terms(self.prior, batch, self.config, front_end)
+        return {"loss": terms["loss"], **{f"loss/{k}": v.detach() for k, v in terms.items()
+                                          if k != "loss"}}  # fmt: skip
