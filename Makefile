@@ -44,6 +44,7 @@ demo: $(STAMP)
 	$(BIN)/distilwave pipeline --preset $(PRESET)
 
 bench: $(STAMP)
+	bash benchmarks/deps.sh
 	$(BIN)/distilwave bench
 
 docker-lint: $(STAMP) system-deps

@@ -162,6 +162,27 @@ def _service(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _generalisation(section: dict[str, Any]) -> list[str]:
+    if "skipped" in section:
+        return [f"Not measured: {section['skipped']}."]
+    lines = [
+        "| voices the corpus lacks | files | PESQ-NB vocoder | PESQ-NB Griffin-Lim | "
+        "LSD vocoder (dB) | LSD Griffin-Lim (dB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in section.items():
+        if not isinstance(result, dict) or "vocoder" not in result:
+            continue
+        voc, gl = result["vocoder"], result["griffin_lim"]
+        lines.append(
+            f"| {name} | {len(result['files'])} | {voc['pesq']:.2f} | {gl['pesq']:.2f} | "
+            f"{voc['lsd_db']:.2f} | {gl['lsd_db']:.2f} |"
+        )
+    if section.get("note"):
+        lines += ["", f"({section['note']})"]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The README "Performance" section from a bench report."""
     lines = ["## Performance", "", *_machine(report)]
@@ -169,6 +190,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ("generation", "Generation speed (from mel to waveform)", _generation),
         ("limit", "Closeness to the machine's limit", _limit),
         ("scaling", "Scaling with length (student, batch 1)", _scaling),
+        ("generalisation", "Voices the training corpus lacks", _generalisation),
         ("training", "Training throughput", _training),
         ("service", "Service load test", _service),
     ]

@@ -4,8 +4,9 @@ Sections (``benchmarks/``): 1. generation (``generation.py``): the student (the 
 path, and the plain module), the teacher's cached and naive autoregressive sampling, and
 Griffin-Lim, batch 1 and 8, 1 s and 4 s, from the same real-speech mel; 2. limit and 3. scaling
 (``limits.py``): FLOPs per sample from the modules against this CPU's matmul peak, and time and
-memory against length; 4. training (``training_speed.py``): steps per second, 1 process and
-2 torchrun processes; 5. service: ``service.loadtest`` (throughput and latency under load).
+memory against length; 4. generalisation (``generalisation.py``): voices the corpus lacks,
+against Griffin-Lim; 5. training (``training_speed.py``): steps per second, 1 process and 2
+torchrun processes; 6. service: ``service.loadtest`` (throughput and latency under load).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, load_models, machine, newest, speech
+from benchmarks.common import RESULTS, Models, load_models, machine, newest, speech
 from benchmarks.generation import generation
 from benchmarks.limits import limit, scaling, thread_counts
 from benchmarks.training_speed import training_section
@@ -30,7 +31,7 @@ from models.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("generation", "limit", "scaling", "training", "service")
+SECTIONS = ("generation", "limit", "scaling", "generalisation", "training", "service")
 
 
 def service(
@@ -55,6 +56,28 @@ def service(
             return {"failed": " | ".join(tail)}
         result: dict[str, Any] = json.loads(out.read_text())
         return result
+
+
+def generalisation_section(models: Models, quick: bool) -> dict[str, Any]:
+    """Voices the corpus lacks (espeak-ng, pitch-shifted fixtures) against Griffin-Lim."""
+    from benchmarks.generalisation import SHIFTS, espeak_set, score, shifted_set
+
+    if not models.trained:
+        return {"skipped": "an untrained student: quality means nothing (run `make demo`)"}
+    rate = models.vocoder.sample_rate
+    sets = {name: shifted_set(rate, semitones) for name, semitones in SHIFTS.items()}
+    try:
+        sets["espeak"] = espeak_set(rate)
+    except SystemExit as exc:
+        sets_note = str(exc)
+    else:
+        sets_note = ""
+    if quick:
+        sets = {name: clips[:2] for name, clips in sets.items()}
+    result: dict[str, Any] = {name: score(models.vocoder, clips, 0) for name, clips in sets.items()}
+    if sets_note:
+        result["note"] = sets_note
+    return result
 
 
 def run_benchmarks(
@@ -107,6 +130,8 @@ def run_benchmarks(
             report["limit"]["threads"] = thread_counts(models, audio, durations[-1], runs)
         if "scaling" in chosen:
             report["scaling"] = scaling(models, audio, scale, runs)
+        if "generalisation" in chosen:
+            report["generalisation"] = generalisation_section(models, quick)
         if "training" in chosen:
             report["training"] = training_section(
                 data, teacher or newest("*/teacher"), preset, 1 if quick else 3

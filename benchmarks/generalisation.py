@@ -1,0 +1,144 @@
+"""Voices the training corpus does not hold, through the public API, beside Griffin-Lim.
+
+    python -m benchmarks.generalisation --bundle runs/<run>/bundle [--out FILE.json]
+
+Sets (each file resynthesised by ``distilwave.load(bundle).resynthesize`` and by Griffin-Lim
+from the bundle's own mel of it, both scored against the file itself):
+
+- ``espeak``: English sentences spoken by espeak-ng in several voices (male and female
+  variants); installed by ``make bench`` (Debian ``espeak-ng``) when missing;
+- ``pitch_down`` / ``pitch_up``: the committed speech fixtures shifted by -5 and +4 semitones
+  (librosa), a lower and a higher voice than the corpus's.
+
+Writes a JSON report (per set: files, mean PESQ-NB / LSD / STOI / MCD of both systems and
+the difference) into benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+
+from benchmarks.common import RESULTS, SPEECH, machine
+from models.audio import normalize_loudness
+from models.vocoder import Vocoder, load
+from training.evaluation.baselines import griffin_lim
+from training.evaluation.metrics import all_metrics
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please leave your message after the tone, and we will call you back.",
+    "Seven hundred and twenty three people attended the meeting on Tuesday.",
+    "Is this the right number for customer support?",
+    "Thank you for calling, your order will ship in two business days.",
+    "Whose yellow umbrella was left beside the garden gate this morning?",
+]
+VOICES = ["en-us", "en-us+f3", "en", "en-us+m3", "en-gb+f2", "en-us+m7"]
+SHIFTS = {"pitch_down": -5.0, "pitch_up": 4.0}
+MAX_SECONDS = 6.0
+
+
+def espeak_set(rate: int) -> list[tuple[str, np.ndarray]]:
+    """Sentences spoken by espeak-ng in different voices, resampled to ``rate``."""
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng is not installed: `make bench` installs it (Debian, root)")
+    clips = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (sentence, voice) in enumerate(zip(SENTENCES, VOICES, strict=True)):
+            path = Path(tmp) / f"{index}.wav"
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), sentence], check=True
+            )
+            audio, source_rate = sf.read(path, dtype="float32")
+            clips.append((f"espeak-{voice}-{index}", _at(audio, source_rate, rate)))
+    return clips
+
+
+def shifted_set(rate: int, semitones: float) -> list[tuple[str, np.ndarray]]:
+    """The committed speech fixtures, pitch-shifted by ``semitones``."""
+    clips = []
+    for path in sorted(SPEECH.rglob("*.wav"))[:8]:
+        audio, source_rate = sf.read(path, dtype="float32")
+        audio = _at(audio, source_rate, rate)
+        shifted = librosa.effects.pitch_shift(audio, sr=rate, n_steps=semitones)
+        clips.append((f"{path.stem}{semitones:+g}st", shifted.astype(np.float32)))
+    return clips
+
+
+def _at(audio: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    if source_rate != rate:
+        audio = librosa.resample(audio, orig_sr=source_rate, target_sr=rate)
+    return np.asarray(audio[: int(MAX_SECONDS * rate)], dtype=np.float32)
+
+
+def score(vocoder: Vocoder, clips: list[tuple[str, np.ndarray]], seed: int) -> dict[str, Any]:
+    """Mean metrics of the vocoder and of Griffin-Lim (from the bundle's mel) on ``clips``."""
+    rate = vocoder.sample_rate
+    rows: dict[str, list[dict[str, float]]] = {"vocoder": [], "griffin_lim": []}
+    convention = vocoder.audio
+    for _, audio in clips:
+        out = vocoder.resynthesize(audio, rate, seed=seed)
+        rows["vocoder"].append(all_metrics(audio, out, rate))
+        scaled, _ = normalize_loudness(
+            torch.from_numpy(audio), rate, convention.loudness_lufs, convention.peak_limit
+        )
+        mel = torch.from_numpy(vocoder.mel(audio, rate))
+        gl = griffin_lim(torch.cat([mel, mel[:, -1:]], 1), vocoder.bundle.mel, 32)
+        rows["griffin_lim"].append(all_metrics(scaled.numpy(), gl, rate))
+    means = {
+        name: {k: float(np.mean([r[k] for r in values])) for k in values[0]}
+        for name, values in rows.items()
+    }
+    return {
+        "files": [name for name, _ in clips],
+        **means,
+        "pesq_above_griffin_lim": means["vocoder"]["pesq"] - means["griffin_lim"]["pesq"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    vocoder = load(args.bundle)
+    rate = vocoder.sample_rate
+    sets = {"espeak": espeak_set(rate)}
+    sets.update({name: shifted_set(rate, semitones) for name, semitones in SHIFTS.items()})
+    started = time.perf_counter()
+    report = {
+        "machine": machine(),
+        "bundle": str(args.bundle),
+        "temperature": vocoder.default_temperature,
+        "sets": {name: score(vocoder, clips, args.seed) for name, clips in sets.items()},
+    }
+    report["seconds"] = time.perf_counter() - started
+    out = args.out or RESULTS / f"generalisation-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for name, result in report["sets"].items():
+        voc, gl = result["vocoder"], result["griffin_lim"]
+        print(  # noqa: T201
+            f"{name:<11} {len(result['files'])} files  PESQ-NB {voc['pesq']:.2f} vs Griffin-Lim "
+            f"{gl['pesq']:.2f}  LSD {voc['lsd_db']:.2f} vs {gl['lsd_db']:.2f} dB"
+        )
+    print(f"results: {out}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
