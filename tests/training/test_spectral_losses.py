@@ -1,0 +1,67 @@
+"""The spectral losses the prior trains with: zero exactly at the target, invariant where
+they should be (a 2 pi phase wrap), and they move the prior toward the real audio."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.config import MelConfig, PriorConfig
+from models.mel import MelFrontEnd
+from models.prior import MelInversionPrior
+from training.config import PriorTrainingConfig
+from training.objectives.prior import prior_terms
+from training.objectives.spectral import anti_wrapped, log_mel_distance, phase_losses
+
+MEL = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=20)
+
+
+def _audio(seed: int, length: int = 2048) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.arange(length) / 8000
+    tone = torch.sin(2 * math.pi * 220 * t) + 0.3 * torch.sin(2 * math.pi * 660 * t)
+    return (0.2 * tone + 0.01 * torch.randn(length, generator=generator))[None]
+
+
+def test_anti_wrapped_distance_ignores_whole_turns():
+    angles = torch.tensor([0.0, 2 * math.pi, -4 * math.pi, 0.5, 0.5 + 2 * math.pi, math.pi])
+    torch.testing.assert_close(
+        anti_wrapped(angles), torch.tensor([0.0, 0.0, 0.0, 0.5, 0.5, math.pi]), atol=1e-6, rtol=0
+    )
+
+
+def test_phase_losses_vanish_for_the_same_spectrum_and_for_a_whole_turn():
+    spectrum = torch.randn(2, 9, 7, dtype=torch.complex64)
+    assert float(phase_losses(spectrum, spectrum)) == pytest.approx(0.0, abs=1e-6)
+    turned = spectrum * torch.exp(torch.tensor(2j * math.pi))
+    assert float(phase_losses(turned, spectrum)) == pytest.approx(0.0, abs=1e-5)
+    assert float(phase_losses(spectrum * 1j, spectrum)) > 1.0  # a quarter turn everywhere
+
+
+def test_log_mel_distance_is_zero_at_the_target_and_grows_with_the_error():
+    front_end = MelFrontEnd(MEL)
+    audio = _audio(0)
+    assert float(log_mel_distance(audio, audio, front_end)) == 0.0
+    assert float(log_mel_distance(0.5 * audio, audio, front_end)) == pytest.approx(
+        math.log(2.0), rel=1e-3
+    )
+
+
+@pytest.mark.parametrize("weights", [{}, {"magnitude_weight": 1.0, "phase_weight": 1.0}])
+def test_a_few_steps_of_the_prior_objective_lower_it(weights):
+    torch.manual_seed(0)
+    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
+    front_end = MelFrontEnd(MEL)
+    audio = torch.cat([_audio(1), _audio(2)])
+    batch = {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+    config = PriorTrainingConfig(**weights)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    first = float(prior_terms(prior, batch, config, front_end)["loss"].detach())
+    for _ in range(30):
+        loss = prior_terms(prior, batch, config, front_end)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(prior_terms(prior, batch, config, front_end)["loss"].detach()) < 0.8 * first
