@@ -6,10 +6,12 @@ A demo page for people is at ``/`` (``service/static/``, open without the API ke
 for the key and calls only the public ``/v1`` API).
 
 Start-up (``lifespan``): load the bundle (weight norm is folded in the bundle), set torch's
-thread counts, start the inference thread, which runs a real warm-up generation and only
-then makes ``/readyz`` answer 200. Shut-down on SIGTERM: readiness goes 503 and new
-generation requests are refused with 503 while in-flight and queued ones finish (bounded by
-``drain_timeout_s``); then the server's own graceful exit runs.
+thread counts, start the inference threads, which run a real warm-up generation each and only
+then make ``/readyz`` answer 200 (with several workers, once every worker is ready: each marks
+itself in ``ready_dir``). Shut-down on SIGTERM: readiness goes 503 and new generation requests
+are refused with 503 while in-flight and queued ones finish (bounded by ``drain_timeout_s``);
+then the server's own graceful exit runs (``distilwave serve`` bounds it by
+``shutdown_timeout_s``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import anyio
 import torch
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -37,6 +40,7 @@ from service.errors import install_error_handlers
 from service.metrics import HTTPMetricsMiddleware, ServiceMetrics, mark_process_dead
 from service.middleware import APIKeyMiddleware, BodyLimitMiddleware, GateMiddleware
 from service.routes import router
+from service.schemas import body_schemas
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -53,7 +57,8 @@ need `Authorization: Bearer <key>` when the server has a key; probes and metrics
 
 
 def _configure_torch(settings: Settings) -> tuple[int, bool]:
-    """Thread counts, and oneDNN off for exactness; returns what to restore."""
+    """Thread counts (each inference thread sets its own again), and oneDNN off for
+    exactness; returns what to restore."""
     previous = torch.get_num_threads(), bool(torch.backends.mkldnn.enabled)
     torch.set_num_threads(settings.threads())
     try:
@@ -78,14 +83,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError(f"cannot load the bundle at {settings.bundle}: {exc}") from exc
     bundle = vocoder.bundle
     service.vocoder = vocoder
-    service.engine = Engine(vocoder, settings, service.metrics)
+    service.card()  # read once: /v1/models describes the model loaded, whatever the disk holds
+    service.limiter = anyio.CapacityLimiter(settings.engine_threads())
+    service.engine = Engine(vocoder, settings, service.metrics, on_ready=service.mark_ready)
     service.engine.start()
     logger.info(
-        "serving %s (%d Hz, hop %d, %d threads)",
+        "serving %s (%d Hz, hop %d; %d inference threads x %d torch threads)",
         settings.bundle,
         bundle.sample_rate,
         bundle.hop_length,
-        torch.get_num_threads(),
+        settings.engine_threads(),
+        settings.threads(),
     )
     previous = _install_drain(service, asyncio.get_running_loop())
     try:
@@ -93,6 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         service.begin_drain()
         await asyncio.to_thread(service.engine.stop, settings.drain_timeout_s)
+        service.unmark_ready()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         torch.set_num_threads(threads)
@@ -157,6 +166,21 @@ async def demo_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
 
 
+def _document_json_bodies(app: FastAPI) -> None:
+    """Put the schemas of the bodies the JSON routes parse themselves into the OpenAPI
+    components (their operations refer to them, ``service.schemas.json_body``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, body in body_schemas().items():
+            schemas.setdefault(name, body)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (settings from the environment unless given). Nothing loads until the
     ASGI lifespan starts."""
@@ -175,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    _document_json_bodies(app)
     install_error_handlers(app)
     app.include_router(router)
     # Open without the API key (the page holds no secrets; it asks for the key itself).
@@ -185,7 +210,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
-        on_reject=lambda: metrics.reject("too_large"),
+        timeout=settings.body_timeout_s,
+        on_reject=metrics.reject,
     )
     app.add_middleware(GateMiddleware, check=service.refusal, in_flight=service.requests)
     api_key = settings.api_key.get_secret_value() if settings.api_key else None

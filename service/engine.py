@@ -1,21 +1,24 @@
-"""The inference engine: one thread per model that owns the generation, fed by a bounded queue.
+"""The inference engine: inference threads that own the generation, fed by one queue whose
+capacity is taken at admission.
 
-The event loop never runs torch. Handlers prepare a request (``models.vocoder.Vocoder.request``:
-its mel, context and noise, off the event loop) into a ``Job`` and ``submit`` it; a full queue
-refuses at once (the caller answers 503). The inference thread takes the first waiting job,
-waits up to ``max_delay_ms`` after its arrival for more (up to ``max_batch`` requests and
-``max_batch_samples`` padded samples), drops jobs whose deadline passed or whose client left,
-and generates the batch in one pass (``Vocoder.run``: each request padded alone, so its audio
-is what it would be alone). Results go back to the loop through asyncio futures.
+The event loop never runs torch. A handler first ``admit``s the request (a ``Ticket``; at
+capacity a 503 at once, before the request is parsed or decoded), checks and decodes it, and
+``generate``s or ``stream``s a ``Job``; the inference threads (``service.worker``) prepare and
+generate it. The handler waits for the result until the job's deadline (then 503) or until
+its client disconnects (then the job is dropped, queued or streaming); either way the job's
+capacity comes back.
 
 Generation runs the vocoder's fast CPU path (a request's audio batched or alone, streamed or
 whole, agrees within float rounding, at most one 16-bit step), or with ``exact`` the module
 itself with oneDNN off (bit-identical in all those cases).
 
-Streaming jobs share the queue (so overload and deadlines apply alike) but are not batched:
+Streaming jobs share the queue (so capacity and deadlines apply alike) but are not batched:
 each is generated chunk by chunk with carried state (``Vocoder.stream``), one chunk per
-stream per turn of the loop, interleaved with the batches, so a long stream neither waits
-for nor blocks short requests for more than a chunk.
+stream per turn, interleaved with the batches, so a long stream neither waits for nor blocks
+short requests for more than a chunk; at most ``max_streams`` stream at once.
+
+Liveness: every inference thread beats at each turn; ``health`` reports a thread that failed,
+stopped, or has not beaten for ``liveness_timeout_s`` (``/livez`` answers 503 then).
 """
 
 from __future__ import annotations
@@ -26,42 +29,40 @@ import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from models.vocoder import Prepared, Vocoder
-from service.errors import APIError, invalid, unavailable
-from service.jobs import END, Job, fail, push, resolve
+from service.errors import APIError, unavailable
+from service.jobs import END, Admission, Full, Job, Ticket, fail
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from service.worker import Worker
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.05
-
-
-@dataclass
-class _Stream:
-    job: Job
-    chunks: Iterator[np.ndarray]
-    samples: int
-    compute_s: float = 0.0
+Receive = Any  # the ASGI receive callable
 
 
 class Engine:
-    """Owns the generation and the inference thread.
+    """Owns the generation: the queue, the capacity and the inference threads.
 
     Args:
         vocoder: the loaded bundle (its fast path, or the module when ``settings.exact``).
-        settings: batching, queue and streaming settings.
+        settings: capacity, batching, threads and streaming settings.
         metrics: where to record queue, batch and inference metrics.
+        on_ready: called (from an inference thread) once every thread has warmed up.
     """
 
-    def __init__(self, vocoder: Vocoder, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        vocoder: Vocoder,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         self.vocoder = vocoder
         self.settings = settings
         self.metrics = metrics
@@ -69,275 +70,198 @@ class Engine:
         self.hop = vocoder.hop_length
         chunk_hops = max(1, math.ceil(settings.stream_chunk_s * self.sample_rate / self.hop))
         self.stream_chunk = chunk_hops * self.hop
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.queue_size)
-        self._carry: Job | None = None
-        self._streams: list[_Stream] = []
-        self._busy = False
-        self._stopping = threading.Event()
+        self.admission = Admission(settings.queue_size, settings.max_streams)
+        self.queue: queue.Queue[Job] = queue.Queue()  # bounded by the admission
+        self.stopping = threading.Event()
         self.ready = threading.Event()
-        self.failed: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="distilwave-inference", daemon=True)
+        self.on_ready = on_ready
+        self.workers = [Worker(self, i) for i in range(settings.engine_threads())]
 
     # ----------------------------------------------------------------- event-loop side
-
     def start(self) -> None:
-        """Start the inference thread; it warms up first, then sets ``ready``."""
-        self._thread.start()
+        """Start the inference threads; each warms up, then ``ready`` is set."""
+        for worker in self.workers:
+            worker.thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job`` or raise a 503 ``APIError`` at once if the queue is full."""
-        if not self._thread.is_alive():
+    def warmed(self) -> None:
+        """Called by each inference thread after its warm-up."""
+        with self.admission.lock:  # once, whichever thread finishes last
+            if self.ready.is_set() or not all(w.warmed.is_set() for w in self.workers):
+                return
+            self.ready.set()
+        self.metrics.model_ready.set(1)
+        if self.on_ready is not None:
+            self.on_ready()
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The first inference thread's warm-up failure, if any."""
+        return next((w.failed for w in self.workers if w.failed is not None), None)
+
+    def health(self) -> APIError | None:
+        """Why the engine cannot serve (503 for ``/livez``), or None while it is alive."""
+        if self.failed is not None:
+            return unavailable("the model failed to warm up", "model_failed", 60)
+        now = time.monotonic()
+        limit = self.settings.liveness_timeout_s
+        for worker in self.workers:
+            if not worker.thread.is_alive() and worker.thread.ident is not None:
+                if not self.stopping.is_set():
+                    return unavailable("an inference thread stopped", "engine_stopped", 60)
+            elif worker.warmed.is_set() and now - worker.beat > limit:
+                return unavailable(
+                    f"an inference thread has been stuck for {now - worker.beat:.0f} s",
+                    "engine_stalled",
+                    60,
+                )
+        return None
+
+    def admit(self, stream: bool = False) -> Ticket:
+        """A place for one request, or a 503 ``APIError`` at once."""
+        if not any(worker.thread.is_alive() for worker in self.workers):
             raise unavailable(
                 "the model is not running", "not_running", self.settings.retry_after_s
             )
-        job.enqueued = time.monotonic()
         try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            self.metrics.reject("queue_full")
-            raise unavailable(
-                "the server is at capacity; retry shortly",
-                "queue_full",
-                self.settings.retry_after_s,
-            ) from None
-        self.metrics.queue_depth.set(self._queue.qsize())
+            return self.admission.admit(stream)
+        except Full as full:
+            self.metrics.reject(full.reason)
+            raise self.full_error(full.reason) from None
 
-    async def generate(self, job: Job) -> np.ndarray:
-        """Run ``job`` and return its waveform ``(T,)`` float32."""
+    def full_error(self, reason: str) -> APIError:
+        if reason == "stream_limit":
+            message = f"{self.settings.max_streams} streams are live already; retry shortly"
+        else:
+            message = "the server is at capacity; retry shortly"
+        return unavailable(message, reason, self.settings.retry_after_s)
+
+    def _submit(self, job: Job) -> None:
+        job.enqueued = time.monotonic()
+        job.submitted = True
+        self.queue.put_nowait(job)
+        self.metrics.queue_depth.set(self.queue.qsize())
+
+    async def generate(self, job: Job, receive: Receive | None = None) -> np.ndarray:
+        """Run ``job``; its waveform ``(T,)`` float32, or an ``APIError``: 503 at its deadline,
+        499 if its client disconnected (``receive`` is watched for that)."""
         loop = asyncio.get_running_loop()
         job.loop, job.future = loop, loop.create_future()
-        self.submit(job)
-        try:
-            return await job.future
-        finally:
-            job.cancelled.set()
+        self._submit(job)
+        return await self._until(job, job.future, receive)
 
-    async def stream(self, job: Job) -> AsyncIterator[np.ndarray]:
+    async def stream(self, job: Job, receive: Receive | None = None) -> AsyncIterator[np.ndarray]:
         """Run ``job`` as a stream. Errors before the first chunk raise here, before any
-        response is sent; the first chunk is awaited before this returns."""
+        response is sent; the first chunk is awaited (within the deadline) before this
+        returns."""
         job.stream = True
         job.loop, job.chunks = asyncio.get_running_loop(), asyncio.Queue()
-        self.submit(job)
-        try:
-            first = await job.chunks.get()
-        except BaseException:
-            job.cancelled.set()
-            raise
+        self._submit(job)
+        first = await self._until(job, asyncio.ensure_future(job.chunks.get()), receive)
         if isinstance(first, BaseException):
             raise first
+        if first is END:
+            return _empty()
+        job.consumed += 1
         return self._rest(job, first)
 
-    async def _rest(self, job: Job, first: Any) -> AsyncIterator[np.ndarray]:
+    async def _until(self, job: Job, waiter: asyncio.Future[Any], receive: Receive | None) -> Any:
+        watch = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
+        timeout = max(0.0, job.deadline - time.monotonic())
+        try:
+            done, _ = await asyncio.wait(
+                [waiter] if watch is None else [waiter, watch],
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        except BaseException:
+            job.cancelled.set()
+            waiter.cancel()
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+        if waiter in done:
+            return waiter.result()
+        job.cancelled.set()
+        waiter.cancel()
+        if watch is not None and watch in done:
+            self.metrics.reject("disconnected")
+            raise APIError(499, "the client closed the connection", code="client_closed")
+        self.metrics.reject("deadline")
+        raise self.deadline_error()
+
+    def deadline_error(self) -> APIError:
+        return unavailable(
+            f"the request was not answered within its deadline "
+            f"({self.settings.request_timeout_s:g} s); retry shortly",
+            "deadline_exceeded",
+            self.settings.retry_after_s,
+        )
+
+    async def _rest(self, job: Job, first: np.ndarray) -> AsyncIterator[np.ndarray]:
         assert job.chunks is not None
-        item = first
+        item: Any = first
         try:
             while item is not END:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
                 item = await job.chunks.get()
+                if isinstance(item, np.ndarray):
+                    job.consumed += 1
         finally:
             job.cancelled.set()
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, generating or streaming."""
-        return self._queue.empty() and self._carry is None and not self._busy and not self._streams
+        """Nothing admitted, queued, generating or streaming."""
+        return (
+            self.queue.empty()
+            and self.admission.waiting == 0
+            and all(worker.idle for worker in self.workers)
+        )
 
     def stop(self, timeout: float) -> None:
-        """Finish queued jobs and streams, then end the thread (bounded by ``timeout``)."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            logger.warning("inference thread still busy after %.1f s; abandoning it", timeout)
+        """Finish queued jobs and streams, then end the threads (bounded by ``timeout``)."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            if worker.thread.is_alive():
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.thread.is_alive() for worker in self.workers):
+            logger.warning("inference threads still busy after %.1f s; abandoning them", timeout)
         stopped = unavailable("the server is shutting down", "shutting_down", 1)
         while True:  # nobody will run what is left: answer it rather than hang
             try:
-                fail(self._queue.get_nowait(), stopped)
+                fail(self.queue.get_nowait(), stopped)
             except queue.Empty:
                 break
 
-    # ---------------------------------------------------------------- inference thread
-
-    def _run(self) -> None:
-        with torch.inference_mode():
-            try:
-                self._warm_up()
-            except Exception as exc:
-                logger.exception("warm-up generation failed; the service will not become ready")
-                self.failed = exc
-                return
-            self.ready.set()
-            self.metrics.model_ready.set(1)
-            while True:
-                try:
-                    if not self._step() and self._stopping.is_set() and self.idle:
-                        break
-                except Exception:  # never let one bad batch kill the thread
-                    logger.exception("inference step failed")
-                    self._busy = False
-
-    def _warm_up(self) -> None:
-        """A real generation through the batched path (first-call allocations, kernels)."""
-        started = time.perf_counter()
-        vocoder = self.vocoder
-        samples = max(self.hop, round(self.settings.warmup_s * self.sample_rate))
-        speaker = 0 if vocoder.n_speakers else None
-        if vocoder.conditional:
-            noise = torch.randn(
-                max(samples, vocoder.min_samples), generator=torch.Generator().manual_seed(0)
-            )
-            request = vocoder.request(waveform=noise.numpy(), speaker=speaker, seed=0)
-        else:
-            request = vocoder.request(num_samples=samples, speaker=speaker, seed=0)
-        waveform = vocoder.run([request])[0]
-        if not np.isfinite(waveform).all():
-            raise RuntimeError("the warm-up generation produced non-finite samples")
-        logger.info(
-            "warm-up: %.2f s of audio in %.3f s",
-            waveform.shape[0] / self.sample_rate,
-            time.perf_counter() - started,
-        )
-
-    def _step(self) -> bool:
-        """One turn: take a batch, start new streams, generate, advance every stream.
-
-        Returns:
-            Whether there was anything to do.
-        """
-        jobs = self._take()
-        now = time.monotonic()
-        live: list[Job] = []
-        for job in jobs:
-            if job.cancelled.is_set():
-                continue
-            if now > job.deadline:
-                self.metrics.reject("deadline")
-                fail(
-                    job,
-                    unavailable(
-                        "the request waited past its deadline; retry shortly",
-                        "deadline_exceeded",
-                        self.settings.retry_after_s,
-                    ),
-                )
-                continue
-            self.metrics.queue_wait.observe(now - job.enqueued)
-            live.append(job)
-        for job in live:
-            if job.stream:
-                self._start_stream(job)
-        batch = [job for job in live if not job.stream]
-        if batch:
-            self._run_batch(batch)
-        for stream in list(self._streams):
-            self._advance(stream)
-        return bool(jobs) or bool(self._streams)
-
-    def _take(self) -> list[Job]:
-        """The next batch of waiting jobs (empty if none arrived within the poll interval)."""
-        streaming = bool(self._streams)
-        if self._carry is not None:
-            jobs, self._carry = [self._carry], None
-        else:
-            try:
-                jobs = [
-                    self._queue.get(timeout=POLL_S) if not streaming else self._queue.get_nowait()
-                ]
-            except queue.Empty:
-                return []
-        window_end = jobs[0].enqueued + self.settings.max_delay_ms / 1000.0
-        padded = self._samples(jobs[0])
-        while sum(not j.stream for j in jobs) < self.settings.max_batch:
-            remaining = 0.0 if streaming else window_end - time.monotonic()
-            try:
-                job = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
-            except queue.Empty:
-                break
-            if not job.stream:
-                longest = max(padded, self._samples(job))
-                batch = sum(not j.stream for j in jobs) + 1
-                if longest * batch > self.settings.max_batch_samples:
-                    self._carry = job
-                    break
-                padded = longest
-            jobs.append(job)
-        self.metrics.queue_depth.set(self._queue.qsize())
-        return jobs
-
-    @staticmethod
-    def _samples(job: Job) -> int:
-        return job.request.samples if job.request is not None else 0
-
+    # ----------------------------------------------------------------- inference threads
     def _generate(self, requests: list[Prepared]) -> list[np.ndarray]:
         """One batch through the vocoder (each request as it would be alone)."""
         return self.vocoder.run(requests)
 
-    def _run_batch(self, batch: list[Job]) -> None:
-        self._busy = True
-        started = time.perf_counter()
-        requests = [job.request for job in batch if job.request is not None]
-        try:
-            waveforms = self._generate(requests)
-        except Exception:
-            logger.exception("generation failed for a batch of %d", len(batch))
-            for job in batch:
-                fail(job, APIError(500, "generation failed", "server_error"))
-            self._busy = False
-            return
-        elapsed = time.perf_counter() - started
-        # Recorded before anyone is answered, so a client that reads /metrics next sees it.
-        self._record(len(batch), elapsed, sum(w.shape[0] for w in waveforms) / self.sample_rate)
-        for job, waveform in zip(batch, waveforms, strict=True):
-            if np.isfinite(waveform).all():
-                resolve(job, waveform)
-            else:
-                fail(
-                    job,
-                    invalid(
-                        "the mel drove the model outside its range (non-finite audio)",
-                        "mel",
-                        "mel_range",
-                    ),
-                )
-        self._busy = False
-
-    def _record(self, requests: int, elapsed: float, audio_s: float) -> None:
+    def record(self, requests: int, elapsed: float, audio_s: float, counted: bool = False) -> None:
+        """Batch metrics; ``counted``: the audio seconds were counted already (streams)."""
         if requests == 0:
             return
         self.metrics.batch_size.observe(requests)
         self.metrics.inference.observe(elapsed)
-        self.metrics.audio_seconds.inc(audio_s)
+        if not counted:
+            self.metrics.audio_seconds.inc(audio_s)
         if audio_s > 0:
             self.metrics.real_time_factor.observe(elapsed / audio_s)
 
-    def _start_stream(self, job: Job) -> None:
-        assert job.request is not None
-        chunks = self.vocoder.stream(job.request, self.stream_chunk)
-        self._streams.append(_Stream(job, chunks, job.request.length))
 
-    def _advance(self, stream: _Stream) -> None:
-        job = stream.job
-        if job.cancelled.is_set():
-            self._streams.remove(stream)
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone (the request body was read already)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
             return
-        started = time.perf_counter()
-        try:
-            chunk = next(stream.chunks)
-        except StopIteration:
-            self._streams.remove(stream)
-            self._record(1, stream.compute_s, stream.samples / self.sample_rate)
-            push(job, END)
-            return
-        except Exception:
-            logger.exception("streaming generation failed")
-            self._streams.remove(stream)
-            push(job, APIError(500, "generation failed", "server_error"))
-            return
-        stream.compute_s += time.perf_counter() - started
-        push(job, chunk)
+
+
+async def _empty() -> AsyncIterator[np.ndarray]:
+    return
+    yield  # an async generator that yields nothing

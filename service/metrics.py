@@ -27,13 +27,19 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 REJECT_REASONS = (
     "queue_full",
+    "stream_limit",
     "not_ready",
     "draining",
     "deadline",
+    "disconnected",
+    "stalled",
     "too_large",
+    "body_timeout",
     "unauthorized",
     "invalid",
 )
+# Methods get their own label; any other (a client may send any token) shares "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 def multiprocess_mode() -> bool:
@@ -107,7 +113,8 @@ class HTTPMetricsMiddleware:
 
     (prometheus-fastapi-instrumentator 7.1 cannot resolve routes of FastAPI >= 0.16x's
     included routers, so this reads the route FastAPI records in the scope.) The latency is
-    until the last body byte is sent, streams included. Unmatched paths share one label.
+    until the last body byte is sent, streams included. The label sets are bounded whatever
+    clients send: unmatched paths share one handler label, unknown methods one method label.
     """
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
@@ -145,7 +152,8 @@ class HTTPMetricsMiddleware:
             route = scope.get("route")
             handler = getattr(route, "path", None) or "none"
             if handler != "/metrics":
-                labels = (scope["method"], handler, f"{status[0] // 100}xx")
+                method = scope["method"] if scope["method"] in METHODS else "other"
+                labels = (method, handler, f"{status[0] // 100}xx")
                 self.requests.labels(*labels).inc()
                 self.latency.labels(*labels).observe(time.perf_counter() - started)
 

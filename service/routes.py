@@ -1,19 +1,31 @@
-"""The HTTP routes: generation under ``/v1/audio/``, the model card, probes and metrics."""
+"""The HTTP routes: generation under ``/v1/audio/``, the model card, probes and metrics.
+
+A generation request is admitted (a place under the engine's capacity, 503 at once when
+full) before its body is parsed or its upload decoded; JSON bodies are parsed and validated
+and uploads decoded in a thread, never on the event loop, so the probes answer whatever is in
+flight. The JSON routes read their body themselves (their OpenAPI request body is declared
+with the same schemas, ``json_body``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.types import Message, Receive, Scope, Send
 
-from models.vocoder import Prepared
+from models.bundle import Bundle
 from service.audio import (
     CONTENT_TYPES,
+    UploadLimits,
     check_mel,
     decode_upload,
     encode,
@@ -23,7 +35,7 @@ from service.audio import (
     wav_header,
 )
 from service.errors import APIError, error_response, invalid, unavailable
-from service.jobs import Job
+from service.jobs import Full, Job
 from service.metrics import exposition
 from service.schemas import (
     AUDIO_RESPONSES,
@@ -35,23 +47,83 @@ from service.schemas import (
     Status,
     VocodeRequest,
     error_responses,
+    json_body,
 )
+from service.settings import Settings
 from service.state import Options, ServiceDep, ServiceState
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+# What a route hands the engine: the request's options, what Vocoder.request prepares, and
+# how many samples that generates (whole hops).
+Work = tuple[Options, dict[str, Any], int]
 
 
 def _headers(options: Options, sample_rate: int) -> dict[str, str]:
     return {"X-Seed": str(options.seed), "X-Sample-Rate": str(sample_rate)}
 
 
-async def _respond(service: ServiceState, job: Job, options: Options) -> Response:
+class JobStreamingResponse(StreamingResponse):
+    """A stream whose job ends with the response, however it ends; a client that reads
+    nothing for ``stall_s`` is disconnected (its stream stopped generating long before)."""
+
+    def __init__(self, job: Job, stall_s: float, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.job = job
+        self.stall_s = stall_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def timed_send(message: Message) -> None:
+            await asyncio.wait_for(send(message), self.stall_s)
+
+        try:
+            await super().__call__(scope, receive, timed_send)
+        except TimeoutError:
+            logger.warning("a stream's client read nothing for %g s: disconnecting", self.stall_s)
+        finally:
+            self.job.cancelled.set()
+
+
+async def _generation(
+    service: ServiceState, request: Request, work: Callable[[], Awaitable[Work]], stream: bool
+) -> Response:
+    """Admit the request, check and decode it (``work``), generate and answer it. The place
+    it holds is given back however it ends (by the engine once the job is queued)."""
+    engine = service.require_engine()
+    ticket = engine.admit(stream)
+    deadline = time.monotonic() + service.settings.request_timeout_s
+    job: Job | None = None
+    try:
+        options, source, samples = await work()
+        if options.stream and not ticket.stream:
+            try:
+                engine.admission.to_stream(ticket)
+            except Full as full:
+                engine.metrics.reject(full.reason)
+                raise engine.full_error(full.reason) from None
+        job = Job(
+            source=source,
+            samples=samples,
+            ticket=ticket,
+            speaker=options.speaker,
+            temperature=options.temperature,
+            seed=options.seed,
+            deadline=deadline,
+        )
+        return await _respond(service, request, job, options)
+    finally:
+        if job is None or not job.submitted:
+            ticket.finish()
+
+
+async def _respond(service: ServiceState, request: Request, job: Job, options: Options) -> Response:
     engine = service.require_engine()
     rate = engine.sample_rate
     media = CONTENT_TYPES[options.response_format]
     headers = _headers(options, rate)
     if options.stream:
-        chunks = await engine.stream(job)
+        chunks = await engine.stream(job, request.receive)
 
         async def body() -> AsyncIterator[bytes]:
             if options.response_format == "wav":
@@ -59,34 +131,37 @@ async def _respond(service: ServiceState, job: Job, options: Options) -> Respons
             async for chunk in chunks:
                 yield pcm16(chunk)
 
-        return StreamingResponse(body(), media_type=media, headers=headers)
+        stall = service.settings.request_timeout_s
+        return JobStreamingResponse(job, stall, body(), media_type=media, headers=headers)
     started = time.perf_counter()
-    waveform = await engine.generate(job)
+    waveform = await engine.generate(job, request.receive)
     # Queue wait and generation for this request, measured here; not decoding nor encoding.
     headers["X-Generation-Seconds"] = f"{time.perf_counter() - started:.4f}"
     headers["X-Audio-Seconds"] = f"{waveform.shape[0] / rate:.4f}"
-    data = await run_in_threadpool(encode, waveform, rate, options.response_format)
+    data = await service.offload(encode, waveform, rate, options.response_format)
     return Response(data, media_type=media, headers=headers)
 
 
-async def _job(service: ServiceState, options: Options, **source: np.ndarray | int) -> Job:
-    """Prepare the request off the event loop (its mel, context and noise) into a job."""
-    vocoder = service.require_vocoder()
+def _parse(model: type[M], body: bytes, content_type: str | None) -> M:
+    """A JSON body validated against ``model`` (in a thread: this is the costly part of a
+    large body). Errors stop at the first bad value of a mel (``fail_fast``)."""
+    if not body or (content_type and "json" not in content_type.split(";")[0].lower()):
+        raise APIError(
+            400,
+            "the body must be a JSON object sent with Content-Type: application/json",
+            code="invalid_body",
+        )
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in errors]
+        ) from None
 
-    def prepare() -> Prepared:
-        try:
-            return vocoder.request(
-                **source,  # type: ignore[arg-type]
-                speaker=options.speaker,
-                temperature=options.temperature,
-                seed=options.seed,
-            )
-        except ValueError as exc:
-            raise invalid(str(exc)) from exc
 
-    request = await run_in_threadpool(prepare)
-    deadline = time.monotonic() + service.settings.request_timeout_s
-    return Job(request=request, deadline=deadline)
+def _hops(samples: int, hop: int) -> int:
+    return -(-samples // hop) * hop
 
 
 def _conditional(service: ServiceState, endpoint: str) -> None:
@@ -100,35 +175,53 @@ def _conditional(service: ServiceState, endpoint: str) -> None:
         )
 
 
+def _vocode_input(
+    body: bytes, content_type: str | None, bundle: Bundle, settings: Settings
+) -> tuple[VocodeRequest, np.ndarray]:
+    """Parse and check a vocode body: the request and its mel ``(n_mels, M)`` float32."""
+    parsed = _parse(VocodeRequest, body, content_type)
+    limit = settings.mel_frame_limit(bundle.sample_rate, bundle.hop_length)
+    n_mels = bundle.mel.n_mels
+    if isinstance(parsed.mel, str):
+        raw = mel_from_base64(parsed.mel, n_mels, limit)
+    else:
+        lengths = {len(frame) for frame in parsed.mel}
+        if len(lengths) > 1:
+            raise invalid("mel frames have different band counts", "mel", "mel_bands")
+        raw = np.asarray(parsed.mel, dtype=np.float64)  # range-checked before float32
+        if raw.ndim == 1:
+            raw = raw[None]
+    mel = check_mel(raw, n_mels, limit, settings.max_mel_magnitude)
+    return parsed, np.ascontiguousarray(mel.T)
+
+
 @router.post(
     "/v1/audio/vocode",
     response_class=Response,
     responses=AUDIO_RESPONSES,
     summary="Mel spectrogram to audio",
     tags=["audio"],
+    openapi_extra=json_body(VocodeRequest),
 )
-async def vocode(request: VocodeRequest, service: ServiceDep) -> Response:
+async def vocode(request: Request, service: ServiceDep) -> Response:
     """Turn a normalised log-mel (frames x bands, the bundle's front end) into audio.
 
     M frames give M x hop samples: the last frame is repeated once, so frame i is centred
     on sample i x hop (the model describes the span between frame centres).
     """
     _conditional(service, "/v1/audio/vocode")
-    options = service.options(request)
     bundle = service.require_bundle()
-    if isinstance(request.mel, str):
-        raw = mel_from_base64(request.mel)
-    else:
-        lengths = {len(frame) for frame in request.mel}
-        if len(lengths) > 1:
-            raise invalid("mel frames have different band counts", "mel", "mel_bands")
-        raw = np.asarray(request.mel, dtype=np.float64)  # range-checked before float32
-        if raw.ndim == 1:
-            raw = raw[None]
-    limit = service.settings.mel_frame_limit(bundle.sample_rate, bundle.hop_length)
-    mel = check_mel(raw, bundle.mel.n_mels, limit, service.settings.max_mel_magnitude)
-    job = await _job(service, options, mel=np.ascontiguousarray(mel.T))
-    return await _respond(service, job, options)
+    body = await request.body()
+
+    async def work() -> Work:
+        content_type = request.headers.get("content-type")
+        parsed, mel = await service.offload(
+            _vocode_input, body, content_type, bundle, service.settings
+        )
+        options = service.options(parsed)
+        return options, {"mel": mel}, mel.shape[1] * bundle.hop_length
+
+    return await _generation(service, request, work, stream=False)
 
 
 @router.post(
@@ -139,6 +232,7 @@ async def vocode(request: VocodeRequest, service: ServiceDep) -> Response:
     tags=["audio"],
 )
 async def resynthesize(
+    request: Request,
     service: ServiceDep,
     file: Annotated[UploadFile, File(description="any soundfile-readable audio, any rate")],
     response_format: Annotated[AudioFormat, Form()] = "wav",
@@ -161,12 +255,20 @@ async def resynthesize(
         )
     )
     bundle = service.require_bundle()
-    data = await file.read()
-    decoded = await run_in_threadpool(
-        decode_upload, data, bundle.sample_rate, service.settings.max_upload_s
+    settings = service.settings
+    limits = UploadLimits(
+        settings.max_upload_s, settings.max_upload_samples, settings.max_upload_rate
     )
-    job = await _job(service, options, waveform=decoded.waveform)
-    return await _respond(service, job, options)
+
+    async def work() -> Work:
+        data = await file.read()
+        decoded = await service.offload(decode_upload, data, bundle.sample_rate, limits)
+        waveform = decoded.waveform
+        hop = bundle.hop_length
+        samples = max(_hops(waveform.shape[0], hop), _hops(bundle.mel.n_fft // 2 + 1, hop))
+        return options, {"waveform": waveform}, samples
+
+    return await _generation(service, request, work, stream=options.stream)
 
 
 @router.post(
@@ -175,8 +277,9 @@ async def resynthesize(
     responses=AUDIO_RESPONSES,
     summary="Unconditional generation",
     tags=["audio"],
+    openapi_extra=json_body(GenerateRequest),
 )
-async def generate(request: GenerateRequest, service: ServiceDep) -> Response:
+async def generate(request: Request, service: ServiceDep) -> Response:
     """Generate ``duration_s`` seconds from an unconditional bundle."""
     bundle = service.require_bundle()
     if bundle.config.conditional:
@@ -186,19 +289,24 @@ async def generate(request: GenerateRequest, service: ServiceDep) -> Response:
             "a mel) or POST /v1/audio/resynthesize (upload audio)",
             code="model_is_conditional",
         )
-    options = service.options(request)
-    low = bundle.hop_length / bundle.sample_rate
-    high = service.settings.max_duration_s
-    if not low <= request.duration_s <= high:
-        raise invalid(
-            f"duration_s must lie between {low:g} and {high:g} seconds",
-            "duration_s",
-            "duration_out_of_range",
-        )
-    job = await _job(
-        service, options, num_samples=samples_for(request.duration_s, bundle.sample_rate)
-    )
-    return await _respond(service, job, options)
+    body = await request.body()
+
+    async def work() -> Work:
+        content_type = request.headers.get("content-type")
+        parsed = await service.offload(_parse, GenerateRequest, body, content_type)
+        options = service.options(parsed)
+        low = bundle.hop_length / bundle.sample_rate
+        high = service.settings.max_duration_s
+        if not low <= parsed.duration_s <= high:
+            raise invalid(
+                f"duration_s must lie between {low:g} and {high:g} seconds",
+                "duration_s",
+                "duration_out_of_range",
+            )
+        samples = samples_for(parsed.duration_s, bundle.sample_rate)
+        return options, {"num_samples": samples}, _hops(samples, bundle.hop_length)
+
+    return await _generation(service, request, work, stream=False)
 
 
 @router.get(
@@ -211,21 +319,32 @@ async def models(service: ServiceDep) -> ModelList:
 
 @router.get("/livez", response_model=Status, responses=error_responses(503), tags=["probes"])
 async def livez(service: ServiceDep) -> Response:
-    """The process is alive (503 only if the model failed to warm up: restart it)."""
-    if service.engine is not None and service.engine.failed is not None:
-        return error_response(unavailable("the model failed to warm up", "model_failed", 60))
+    """The process is alive: 503 if the model failed to warm up or an inference thread is
+    stuck or gone (restart it)."""
+    if service.engine is not None:
+        problem = service.engine.health()
+        if problem is not None:
+            return error_response(problem)
     return JSONResponse({"status": "alive"})
 
 
 @router.get("/readyz", response_model=Status, responses=error_responses(503), tags=["probes"])
 async def readyz(service: ServiceDep) -> Response:
-    """200 once the bundle is loaded and a warm-up generation ran; 503 before and while
-    draining."""
-    if service.ready:
-        return JSONResponse({"status": "ready"})
+    """200 once the bundle is loaded and a warm-up generation ran, in every worker; 503
+    before, while draining, or when the engine is not alive."""
     retry = service.settings.retry_after_s
     if service.draining:
         return error_response(unavailable("draining", "draining", retry))
+    if service.ready:
+        workers = service.settings.workers
+        ready = service.workers_ready()
+        if service.settings.ready_dir is None or ready >= workers:
+            return JSONResponse({"status": "ready"})
+        message = f"{ready} of {workers} workers ready"
+        return error_response(unavailable(message, "workers_loading", retry))
+    problem = service.engine.health() if service.engine is not None else None
+    if problem is not None:
+        return error_response(problem)
     return error_response(unavailable("loading", "loading", retry))
 
 

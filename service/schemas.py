@@ -6,8 +6,10 @@ checked per request and can only be tighter.
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any, Literal
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ErrorResponse
@@ -15,7 +17,8 @@ from service.settings import AudioFormat
 
 MAX_SEED = 2**32 - 1
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-MelFrame = Annotated[list[FiniteFloat], Field(min_length=1, max_length=512)]
+# fail_fast: a body of a million bad numbers stops at the first (it is not in the schema)
+MelFrame = Annotated[list[FiniteFloat], Field(min_length=1, max_length=512, fail_fast=True)]
 Speaker = int | Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -44,7 +47,10 @@ class AudioOptions(BaseModel):
 class VocodeRequest(AudioOptions):
     """A mel spectrogram to turn into audio."""
 
-    mel: list[MelFrame] | Annotated[str, Field(min_length=1, max_length=2**27)] = Field(
+    mel: (
+        Annotated[list[MelFrame], Field(fail_fast=True)]
+        | Annotated[str, Field(min_length=1, max_length=2**27)]
+    ) = Field(
         ...,
         description=(
             "normalised log-mel, frames x bands, as nested lists or base64 of a float32 .npy; "
@@ -74,11 +80,19 @@ class Architecture(BaseModel):
 
 
 class Limits(BaseModel):
+    """Every limit a request meets (see the README for what a client sees at each)."""
+
     max_duration_s: float
     max_mel_frames: int
     max_upload_s: float
     max_body_bytes: int
     formats: list[AudioFormat]
+    max_upload_samples: int = Field(description="decoded samples (frames x channels)")
+    max_upload_rate: int = Field(description="highest upload sample rate, Hz")
+    request_timeout_s: float = Field(description="answered (or 503) within this from arrival")
+    body_timeout_s: float = Field(description="the whole body arrives within this (else 408)")
+    queue_size: int = Field(description="requests admitted and waiting per worker (503 beyond)")
+    max_streams: int = Field(description="live streams per worker (503 beyond)")
 
 
 class ModelCard(BaseModel):
@@ -138,3 +152,35 @@ AUDIO_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **error_responses(400, 401, 413, 422, 503),
 }
+
+
+# The JSON routes read and validate their body off the event loop; their OpenAPI request body
+# is declared here with the same schemas FastAPI would generate from a typed parameter.
+JSON_BODIES: tuple[type[BaseModel], ...] = (VocodeRequest, GenerateRequest)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose body is ``model`` (one of ``JSON_BODIES``) as JSON."""
+    return {
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+            "required": True,
+        }
+    }
+
+
+def body_schemas() -> dict[str, Any]:
+    """The component schemas of the ``JSON_BODIES``, exactly as FastAPI writes them for a
+    route taking each as a typed body parameter."""
+    typed = FastAPI()
+    for model in JSON_BODIES:
+
+        async def endpoint(**_: Any) -> None:
+            return None
+
+        parameter = inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=model)
+        endpoint.__signature__ = inspect.Signature([parameter])  # type: ignore[attr-defined]
+        typed.add_api_route(f"/{model.__name__}", endpoint, methods=["POST"])
+    return dict(typed.openapi()["components"]["schemas"])

@@ -1,11 +1,19 @@
-"""What one running app holds: settings, bundle, engine, metrics and the drain state."""
+"""What one running app holds: settings, bundle, engine, metrics, readiness and the drain
+state; and the model card as served (read once, absolute paths reduced to their last part)."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
+import anyio
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 
@@ -23,6 +31,9 @@ from service.schemas import (
     ModelCard,
 )
 from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -46,15 +57,54 @@ class ServiceState:
     draining: bool = False
     requests: InFlight = field(default_factory=InFlight)
     background: set[Any] = field(default_factory=set)
+    limiter: anyio.CapacityLimiter | None = None
+    served_card: ModelCard | None = None
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.ready.is_set() and not self.draining
+        """This worker can serve: loaded, warmed up, alive, not draining."""
+        return (
+            self.engine is not None
+            and self.engine.ready.is_set()
+            and not self.draining
+            and self.engine.health() is None
+        )
+
+    def workers_ready(self) -> int:
+        """With several workers (``ready_dir``), how many live workers are ready."""
+        directory = self.settings.ready_dir
+        if directory is None:
+            return int(self.ready)
+        count = 0
+        for marker in _listing(directory):
+            if marker.isdigit() and _alive(int(marker)):
+                count += 1
+        return count
+
+    def mark_ready(self) -> None:
+        """This worker is ready (called from the inference thread after the warm-up)."""
+        if self.settings.ready_dir is not None and not self.draining:
+            try:
+                (self.settings.ready_dir / str(os.getpid())).touch()
+            except OSError as exc:
+                logger.warning("cannot mark this worker ready: %s", exc)
+
+    def unmark_ready(self) -> None:
+        if self.settings.ready_dir is not None:
+            (self.settings.ready_dir / str(os.getpid())).unlink(missing_ok=True)
 
     def begin_drain(self) -> None:
         """Readiness goes 503 and new generation requests are refused; in-flight ones go on."""
         self.draining = True
         self.metrics.model_ready.set(0)
+        self.unmark_ready()
+
+    async def offload(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (parsing, decoding, encoding) in a thread, as many at once as
+        there are inference threads."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(function, *args), limiter=self.limiter
+        )
 
     @property
     def in_flight(self) -> int:
@@ -66,9 +116,9 @@ class ServiceState:
         if self.draining:
             self.metrics.reject("draining")
             return unavailable("the server is shutting down; retry on another", "draining", retry)
-        if self.engine is not None and self.engine.failed is not None:
+        if self.engine is not None and self.engine.health() is not None:
             self.metrics.reject("not_ready")
-            return unavailable("the model failed to warm up", "model_failed", retry)
+            return self.engine.health()
         if not self.ready:
             self.metrics.reject("not_ready")
             return unavailable("the model is still loading; retry shortly", "loading", retry)
@@ -118,8 +168,14 @@ class ServiceState:
         return self.engine
 
     def card(self) -> ModelCard:
+        """The card of the model being served (built once: never re-read from disk)."""
+        if self.served_card is None:
+            self.served_card = self._card()
+        return self.served_card
+
+    def _card(self) -> ModelCard:
         bundle = self.require_bundle()
-        config, card, settings = bundle.config, bundle.card, self.settings
+        config, card, settings = bundle.config, public(bundle.card), self.settings
         wavenet = config.wavenet
         # what was loaded, never re-read: the card always describes the model being served
         created, version = int(bundle.created), bundle.distilwave_version
@@ -155,9 +211,52 @@ class ServiceState:
                 max_upload_s=settings.max_upload_s,
                 max_body_bytes=settings.max_body_bytes,
                 formats=list(settings.allowed_formats),
+                max_upload_samples=settings.max_upload_samples,
+                max_upload_rate=settings.max_upload_rate,
+                request_timeout_s=settings.request_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+                queue_size=settings.queue_size,
+                max_streams=settings.max_streams,
             ),
             card=card,
         )
+
+
+# An absolute path inside a string: POSIX (/a/b), home (~/a) or Windows (C:\a, \\server\a);
+# not a URL's path (preceded by a letter, a dot, a colon or a slash) nor a ratio (m/s).
+_ABSOLUTE_PATH = re.compile(
+    r"(?<![\w.:/\\])(?:~|[A-Za-z]:)?[/\\]+(?:[^\s/\\'\"<>|]+[/\\]+)*([^\s/\\'\"<>|]+)"
+)
+
+
+def public(value: Any) -> Any:
+    """A card's values with every absolute path reduced to its last part: a card is public,
+    the trainer's directories are not (cards of older bundles hold the checkpoint's and the
+    corpus's full paths)."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda match: match.group(1), value)
+    if isinstance(value, dict):
+        return {key: public(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public(item) for item in value]
+    return value
+
+
+def _listing(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _section(card: dict[str, Any], *keys: str) -> dict[str, Any] | None:

@@ -102,6 +102,7 @@ def settings_for(bundle: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "bundle": bundle,
         "torch_threads": 1,
+        "inference_threads": 1,  # one thread takes every batch: batching tests count them
         "warmup_s": 0.2,
         "max_delay_ms": 2.0,
     }

@@ -19,6 +19,7 @@ from models.conditioning import Context
 from models.vocoder import load
 from service.engine import Engine
 from service.jobs import Job
+from service.worker import Worker
 from tests.service.conftest import assert_same_audio, mel_of, running, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -135,9 +136,10 @@ async def test_engine_stream_yields_chunks_of_whole_hops(bundles, speech):
     async with running(settings_for(bundles["cond"], stream_chunk_s=0.1)) as (_, app):
         engine: Engine = app.state.service.engine
         mel = np.asarray(mel_of(speech[0], 26), dtype=np.float32)
-        request = engine.vocoder.request(mel=mel.T, seed=1)
-        chunks = await engine.stream(Job(request=request))
+        job = Job(source={"mel": mel.T}, samples=2600, ticket=engine.admit(stream=True), seed=1)
+        chunks = await engine.stream(job)
         sizes = [chunk.shape[0] async for chunk in chunks]
+        assert engine.admission.streams == 0 and engine.admission.waiting == 0
     assert sizes == [800, 800, 800, 200]  # 26 frames: 26 hops (the last frame repeated)
 
 
@@ -180,32 +182,40 @@ async def test_overload_answers_503_at_once_and_never_500(bundles):
         assert await metric(client, "distilwave_rejected_requests_total", reason="queue_full") == 3
 
 
-async def test_expired_requests_are_dropped_before_inference(bundles):
-    settings = settings_for(bundles["cond"], request_timeout_s=0.2, max_batch=1, max_delay_ms=0)
+async def test_requests_end_at_their_deadline_and_expired_ones_are_never_generated(bundles):
+    settings = settings_for(bundles["cond"], request_timeout_s=0.5, max_batch=1, max_delay_ms=0)
     body = {"mel": [[0.0] * 80] * 5}
     async with running(settings) as (client, app):
         entered, release = _block(app.state.service.engine)
         first = asyncio.ensure_future(client.post("/v1/audio/vocode", json=body))
         await anyio.to_thread.run_sync(entered.wait, 10)
         late = asyncio.ensure_future(client.post("/v1/audio/vocode", json=body))
-        await asyncio.sleep(0.4)
+        with anyio.fail_after(10):  # both answered while the engine is still stuck
+            answers = await asyncio.gather(first, late)
+        for answer in answers:
+            assert answer.status_code == 503
+            assert answer.json()["error"]["code"] == "deadline_exceeded"
+            assert "retry-after" in answer.headers
         release.set()
-        assert (await first).status_code == 200
-        expired = await late
-        assert expired.status_code == 503
-        assert expired.json()["error"]["code"] == "deadline_exceeded"
-        assert await metric(client, "distilwave_rejected_requests_total", reason="deadline") == 1
+        with anyio.fail_after(10):  # the stuck batch ends; the expired job is dropped unrun
+            while app.state.service.engine.admission.waiting:
+                await asyncio.sleep(0.01)
+            while await metric(client, "distilwave_batch_size_count") < 1:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert await metric(client, "distilwave_batch_size_count") == 1
+        assert await metric(client, "distilwave_rejected_requests_total", reason="deadline") == 2
 
 
 async def test_readiness_waits_for_the_warm_up(bundles, monkeypatch):
     gate = threading.Event()
-    original = Engine._warm_up
+    original = Worker._warm_up
 
-    def slow_warm_up(self: Engine) -> None:
+    def slow_warm_up(self: Worker) -> None:
         gate.wait(20)
         original(self)
 
-    monkeypatch.setattr(Engine, "_warm_up", slow_warm_up)
+    monkeypatch.setattr(Worker, "_warm_up", slow_warm_up)
     async with running(settings_for(bundles["cond"]), ready=False) as (client, _):
         assert (await client.get("/livez")).status_code == 200
         loading = await client.get("/readyz")
