@@ -219,3 +219,58 @@ async def test_sigterm_drains_in_flight_and_queued_requests(uvicorn_process, spe
     process.wait(30)
     assert process.returncode in (0, -signal.SIGTERM)
     assert "drained; shutting down" in log.read_text()
+
+
+def serve_command(bundle: Path, port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "distilwave.cli", "serve", "--bundle", str(bundle),
+        "--port", str(port), "--log-level", "warning", *extra,
+    ]  # fmt: skip
+
+
+def test_cli_serve_limits_connections_and_closes_late_headers(bundles, tmp_path):
+    port = free_port()
+    env = {"DISTILWAVE_MAX_CONNECTIONS": "3", "DISTILWAVE_KEEP_ALIVE_S": "1"}
+    command = serve_command(bundles["cond"], port)
+    with server(command, env, tmp_path / "server.log", port) as (_, url):
+        slow = []
+        for _ in range(3):  # headers trickling in, never finished
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /livez HTTP/1.1\r\nHo")
+            slow.append(sock)
+        try:
+            time.sleep(0.2)
+            refused = httpx.get(f"{url}/livez", timeout=10)
+            assert refused.status_code == 503  # the server's own limit, before the app
+            for sock in slow:  # closed by the server once their headers are late
+                sock.settimeout(15)
+                assert sock.recv(1024) == b""
+        finally:
+            for sock in slow:
+                sock.close()
+        assert httpx.get(f"{url}/livez", timeout=10).status_code == 200
+
+
+def test_cli_serve_shutdown_is_bounded_with_a_slow_client(bundles, tmp_path):
+    port = free_port()
+    env = {
+        "DISTILWAVE_DRAIN_TIMEOUT_S": "1",
+        "DISTILWAVE_SHUTDOWN_TIMEOUT_S": "1",
+        "DISTILWAVE_BODY_TIMEOUT_S": "600",
+    }
+    command = serve_command(bundles["cond"], port)
+    with server(command, env, tmp_path / "server.log", port) as (process, _):
+        sock = socket.create_connection(("127.0.0.1", port))
+        try:  # a body that trickles for ever
+            sock.sendall(
+                b"POST /v1/audio/vocode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100000\r\n\r\n{"mel": ['
+            )
+            time.sleep(0.5)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+            assert time.monotonic() - started < 15
+        finally:
+            sock.close()
+    assert "drained; shutting down" in (tmp_path / "server.log").read_text()
