@@ -9,6 +9,7 @@ this suite.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -123,6 +124,85 @@ def test_compose_jobs_share_volumes_and_serve_reads_artifacts_only() -> None:
     assert serve["environment"]["DISTILWAVE_BUNDLE"].endswith(":-/artifacts/bundle}")
     export = services["export"]["command"]
     assert export[export.index("--out") + 1] == "/artifacts/bundle"
+
+
+# The image fixes these (0.0.0.0:8000 inside the container; PORT and BIND_ADDRESS publish it);
+# distilwave serve makes ready_dir itself for each run.
+NOT_PASSED = {"host", "port", "ready_dir"}
+
+
+def _setting_variables() -> set[str]:
+    from service.settings import Settings
+
+    return {f"DISTILWAVE_{name.upper()}" for name in Settings.model_fields} - {
+        f"DISTILWAVE_{name.upper()}" for name in NOT_PASSED
+    }
+
+
+def test_compose_serve_passes_every_service_setting_and_documents_it() -> None:
+    environment = _load(COMPOSE)["services"]["serve"]["environment"]
+    assert set(environment) == _setting_variables()
+    example = ENV_EXAMPLE.read_text()
+    for variable in _setting_variables():
+        assert variable in example, f"{variable} is not in .env.example"
+
+
+def _resolved_serve(tmp_path: Path, env_file: str, **shell: str) -> dict:
+    """The serve service as docker-compose resolves it with this .env and shell."""
+    (tmp_path / ".env").write_text(env_file)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DISTILWAVE_") and k not in ("PORT", "BIND_ADDRESS")
+    }
+    command = [_docker_compose(), "--env-file", str(tmp_path / ".env"), "-f", str(COMPOSE)]
+    result = subprocess.run(
+        [*command, "config"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**clean, **shell},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["services"]["serve"]
+
+
+def _host_addresses(ports: list) -> list[str]:
+    """Host addresses of the published ports (short or long syntax)."""
+    found = []
+    for port in ports:
+        if isinstance(port, dict):
+            found.append(str(port.get("host_ip", "")))
+        else:
+            found.append(str(port).rsplit(":", 2)[0] if str(port).count(":") >= 2 else "")
+    return found
+
+
+def test_env_file_limits_reach_the_service_settings(tmp_path: Path) -> None:
+    from service.settings import Settings
+
+    serve = _resolved_serve(
+        tmp_path, "DISTILWAVE_MAX_BATCH=3\nDISTILWAVE_QUEUE_SIZE=5\n", DISTILWAVE_MAX_STREAMS="2"
+    )
+    passed = {k: v for k, v in serve["environment"].items() if v is not None}
+    assert passed["DISTILWAVE_MAX_BATCH"] == "3" and passed["DISTILWAVE_QUEUE_SIZE"] == "5"
+    prefix = "DISTILWAVE_"
+    settings = Settings(**{k.removeprefix(prefix).lower(): v for k, v in passed.items()})
+    assert (settings.max_batch, settings.queue_size, settings.max_streams) == (3, 5, 2)
+
+
+def test_compose_publishes_the_service_on_loopback_unless_told(tmp_path: Path) -> None:
+    assert _host_addresses(_resolved_serve(tmp_path, "PORT=8000\n")["ports"]) == ["127.0.0.1"]
+    opened = _resolved_serve(tmp_path, "PORT=8000\nBIND_ADDRESS=0.0.0.0\n")
+    assert _host_addresses(opened["ports"]) == ["0.0.0.0"]
+
+
+def test_an_empty_api_key_in_env_reaches_the_service_as_an_error(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    serve = _resolved_serve(tmp_path, "DISTILWAVE_API_KEY=\n")
+    assert serve["environment"]["DISTILWAVE_API_KEY"] == ""
+    with pytest.raises(ValidationError, match="empty"):
+        Settings(api_key="")
 
 
 def test_gpu_override_reserves_gpus_and_runs_torchrun() -> None:
