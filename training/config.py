@@ -100,7 +100,13 @@ class PriorTrainingConfig(StrictModel):
     stft_weight: float = Field(1.0, ge=0)
     stft_ffts: tuple[int, ...] = (512, 256, 128)
     magnitude_weight: float = Field(0.0, ge=0, description="L2 of the head's log-magnitude")
-    phase_weight: float = Field(0.0, ge=0, description="instantaneous phase, group delay, IAF")
+    phase_weight: float = Field(0.0, ge=0, description="APNet's anti-wrapped phase losses")
+    phase_terms: tuple[Literal["instantaneous", "group_delay", "angular_frequency"], ...] = (
+        "instantaneous",
+        "group_delay",
+        "angular_frequency",
+    )
+    phase_magnitude_weighted: bool = Field(False, description="weigh bins by target magnitude")
 
 
 class EvaluationConfig(StrictModel):

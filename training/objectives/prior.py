@@ -44,7 +44,10 @@ def prior_terms(
             terms["magnitude"] = (log_magnitude[..., inner] - log_target).square().mean()
             loss = loss + config.magnitude_weight * terms["magnitude"]
         if config.phase_weight:
-            terms["phase"] = phase_losses(spectrum[..., inner], target[..., inner])
+            terms["phase"] = phase_losses(
+                spectrum[..., inner], target[..., inner], config.phase_terms,
+                config.phase_magnitude_weighted,
+            )  # fmt: skip
             loss = loss + config.phase_weight * terms["phase"]
     terms["loss"] = loss
     return terms

@@ -58,11 +58,42 @@ def anti_wrapped(angle: Tensor) -> Tensor:
     return (angle - 2 * math.pi * torch.round(angle / (2 * math.pi))).abs()
 
 
-def phase_losses(predicted: Tensor, target: Tensor) -> Tensor:
-    """APNet's instantaneous phase, group delay and instantaneous angular frequency losses
-    between two complex spectra ``(B, F, M)``, anti-wrapped (Ai and Ling, 2023)."""
-    error = torch.angle(predicted) - torch.angle(target)
-    instantaneous = anti_wrapped(error).mean()
-    group_delay = anti_wrapped(torch.diff(error, dim=1)).mean()
-    angular_frequency = anti_wrapped(torch.diff(error, dim=2)).mean()
-    return instantaneous + group_delay + angular_frequency
+PHASE_TERMS = ("instantaneous", "group_delay", "angular_frequency")
+
+
+def _angle_size(z: Tensor) -> Tensor:
+    """``|arg z|`` in ``[0, pi]``: the anti-wrapped size of a rotation."""
+    return torch.atan2(z.imag, z.real).abs()
+
+
+def phase_losses(
+    predicted: Tensor,
+    target: Tensor,
+    terms: tuple[str, ...] = PHASE_TERMS,
+    magnitude_weighted: bool = False,
+) -> Tensor:
+    """APNet's anti-wrapped phase losses between complex spectra ``(B, F, M)`` (Ai and Ling,
+    2023): the instantaneous phase error, its difference across frequency (group delay) and
+    across time (instantaneous angular frequency), each the size of a rotation in ``[0, pi]``
+    (computed as products of unit phasors, so no ``2 pi`` wrap ever counts). With
+    ``magnitude_weighted`` every bin counts in proportion to the target's magnitude (the phase
+    of silence is noise)."""
+    unknown = set(terms) - set(PHASE_TERMS)
+    if unknown:
+        raise ValueError(f"unknown phase terms {sorted(unknown)}; choose from {PHASE_TERMS}")
+    magnitude = target.abs()
+    p = predicted / predicted.abs().clamp_min(1e-8)
+    t = target / magnitude.clamp_min(1e-8)
+    weight = magnitude / magnitude.mean(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    if not magnitude_weighted:
+        weight = torch.ones_like(weight)
+    total = predicted.real.new_zeros(())
+    if "instantaneous" in terms:
+        total = total + (_angle_size(p * t.conj()) * weight).mean()
+    if "group_delay" in terms:
+        along = (p[:, 1:] * p[:, :-1].conj()) * (t[:, 1:] * t[:, :-1].conj()).conj()
+        total = total + (_angle_size(along) * weight[:, 1:]).mean()
+    if "angular_frequency" in terms:
+        along = (p[..., 1:] * p[..., :-1].conj()) * (t[..., 1:] * t[..., :-1].conj()).conj()
+        total = total + (_angle_size(along) * weight[..., 1:]).mean()
+    return total
