@@ -24,6 +24,7 @@ stopped, or has not beaten for ``liveness_timeout_s`` (``/livez`` answers 503 th
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import queue
@@ -72,6 +73,8 @@ class Engine:
         self.stream_chunk = chunk_hops * self.hop
         self.admission = Admission(settings.queue_size, settings.max_streams)
         self.queue: queue.Queue[Job] = queue.Queue()  # bounded by the admission
+        self.held: collections.deque[Job] = collections.deque()  # set aside by a batch
+        self.held_lock = threading.Lock()
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.on_ready = on_ready
@@ -139,7 +142,32 @@ class Engine:
         job.enqueued = time.monotonic()
         job.submitted = True
         self.queue.put_nowait(job)
-        self.metrics.queue_depth.set(self.queue.qsize())
+        self.metrics.queue_depth.set(self.waiting)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs queued or set aside, not yet taken by an inference thread."""
+        return self.queue.qsize() + len(self.held)
+
+    def next_job(self, timeout: float) -> Job | None:
+        """The first waiting job (set-aside ones first), waiting up to ``timeout`` for one."""
+        with self.held_lock:
+            if self.held:
+                job = self.held.popleft()
+                self.metrics.queue_depth.set(self.waiting)
+                return job
+        try:
+            job = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+        self.metrics.queue_depth.set(self.waiting)
+        return job
+
+    def set_aside(self, jobs: list[Job]) -> None:
+        """Jobs a batch could not take: first in line again, in their order."""
+        if jobs:
+            with self.held_lock:
+                self.held.extendleft(reversed(jobs))
 
     async def generate(self, job: Job, receive: Receive | None = None) -> np.ndarray:
         """Run ``job``; its waveform ``(T,)`` float32, or an ``APIError``: 503 at its deadline,
@@ -216,7 +244,7 @@ class Engine:
     def idle(self) -> bool:
         """Nothing admitted, queued, generating or streaming."""
         return (
-            self.queue.empty()
+            self.waiting == 0
             and self.admission.waiting == 0
             and all(worker.idle for worker in self.workers)
         )
@@ -231,11 +259,8 @@ class Engine:
         if any(worker.thread.is_alive() for worker in self.workers):
             logger.warning("inference threads still busy after %.1f s; abandoning them", timeout)
         stopped = unavailable("the server is shutting down", "shutting_down", 1)
-        while True:  # nobody will run what is left: answer it rather than hang
-            try:
-                fail(self.queue.get_nowait(), stopped)
-            except queue.Empty:
-                break
+        while (job := self.next_job(0.0)) is not None:  # nobody will run what is left:
+            fail(job, stopped)  # answer it rather than hang
 
     # ----------------------------------------------------------------- inference threads
     def _generate(self, requests: list[Prepared]) -> list[np.ndarray]:

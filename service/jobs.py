@@ -91,7 +91,7 @@ class Ticket:
                 self.admission.streams -= int(self.stream)
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: compared by identity (its source holds arrays)
 class Job:
     """One generation request.
 

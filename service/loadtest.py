@@ -1,12 +1,19 @@
-"""Load test: throughput and latency percentiles at several concurrencies, next to the model's
-raw batch-1 speed measured in the same run.
+"""Load test: throughput and latency at several concurrencies, next to the model's own speed
+measured in the same run, and where a request's time goes.
 
-    python -m service.loadtest --bundle DIR [--concurrency 1 4 16] [--requests 200]
-        [--max-seconds 30] [--clip-s 1.0] [--out results.json]
+    python -m service.loadtest --bundle DIR --out benchmarks/results/loadtest-NAME.json
+        [--route resynthesize|vocode] [--concurrency 1 4 16 64] [--requests 200]
+        [--max-seconds 30] [--prompts DIR] [--url http://127.0.0.1:PORT]
 
-Without ``--url`` it starts its own server (uvicorn, one worker) on a free loopback port and
-stops it at the end; with ``--url`` the server must be on this machine (loopback only). Each
-concurrency level stops after ``--requests`` requests or ``--max-seconds``, whichever first.
+By default it starts its own server (``distilwave serve``, one worker, the service's default
+layout) on a free loopback port and stops it at the end; with ``--url`` the server must be on
+this machine (loopback only). The clients run in this process, on the same cores as the
+server: their CPU time is measured and taken out (``audio_seconds_per_second_adjusted`` =
+audio / (elapsed - client CPU / cores)), and compared with ``raw_batched``, the model alone
+generating batches of the same prompts (prepared beforehand) with every core, measured just
+before and after the levels in the same run. ``resynthesize`` (the default) uploads real
+speech prompts of 1-2.5 s (``--prompts``, default the test fixtures; a synthetic voice if
+absent); ``vocode`` sends ``--clip-s`` of mel as base64 ``.npy``.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ import ipaddress
 import json
 import logging
 import os
+import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,17 +40,20 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import soundfile
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.audio import normalize_loudness
 from models.bundle import Bundle, load_bundle
-from models.vocoder import Vocoder
+from models.vocoder import Prepared, Vocoder
+from service.settings import Settings
 
 logger = logging.getLogger("distilwave.loadtest")
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "audio" / "asterisk"
 
 
-def _loopback(url: str) -> bool:
+def loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
         return True
@@ -51,136 +63,323 @@ def _loopback(url: str) -> bool:
         return False
 
 
-def _test_signal(bundle: Bundle, seconds: float) -> torch.Tensor:
-    """A speech-like test signal at the training loudness: a gliding harmonic tone in noise."""
+def test_signal(bundle: Bundle, seconds: float, seed: int = 0) -> np.ndarray:
+    """A speech-like signal at the training loudness: a gliding harmonic tone in noise."""
     rate = bundle.sample_rate
     t = torch.arange(int(seconds * rate)) / rate
-    pitch = 120 + 40 * torch.sin(2 * torch.pi * 0.7 * t)
+    pitch = 120 + 40 * torch.sin(2 * torch.pi * 0.7 * t + seed)
     phase = 2 * torch.pi * torch.cumsum(pitch, 0) / rate
     voiced = sum(torch.sin(k * phase) / k for k in range(1, 8))
-    noise = 0.05 * torch.randn(t.shape[0], generator=torch.Generator().manual_seed(0))
+    noise = 0.05 * torch.randn(t.shape[0], generator=torch.Generator().manual_seed(seed))
     convention = bundle.audio
     signal, _ = normalize_loudness(
         voiced + noise, rate, convention.loudness_lufs, convention.peak_limit
     )
-    return signal
+    return signal.numpy()
 
 
-def request_for(bundle: Bundle, seconds: float) -> tuple[str, bytes]:
-    """The route and JSON body of one request for ``seconds`` of audio (pcm out)."""
+def prompts(bundle: Bundle, folder: Path | None) -> list[np.ndarray]:
+    """Mono prompts at the bundle's rate, 1-2.5 s: the folder's clips and pairs of them
+    joined (or synthetic ones)."""
+    import soxr
+
+    rate = bundle.sample_rate
+    folder = folder if folder is not None else FIXTURES
+    clips = []
+    for path in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+        audio, source_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        mono = audio.mean(axis=1)
+        if source_rate != rate:
+            mono = soxr.resample(mono, source_rate, rate, "HQ").astype(np.float32)
+        clips.append(mono)
+    if not clips:
+        return [test_signal(bundle, seconds, i) for i, seconds in enumerate((1.0, 1.5, 2.0, 2.5))]
+    shortest = sorted(clips, key=len)
+    joined = [np.concatenate([a, b]) for a, b in zip(shortest[:2], shortest[2:4], strict=True)]
+    return [c for c in clips + joined if 1.0 * rate <= len(c) <= 2.5 * rate] or clips
+
+
+def wav_bytes(waveform: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, waveform, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def multipart(data: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+    """A multipart/form-data body with ``file`` and ``fields`` (built once, sent many times)."""
+    boundary = "distilwave-loadtest-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.wav"\r\n'
+        f"Content-Type: audio/wav\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def requests_for(
+    bundle: Bundle, route: str, clips: list[np.ndarray], clip_s: float
+) -> list[tuple[str, bytes, str, float]]:
+    """(path, body, content type, audio seconds) of the requests the clients cycle through."""
+    rate = bundle.sample_rate
+    speaker = {"speaker": "0"} if bundle.config.n_speakers else {}
     if not bundle.config.conditional:
-        body: dict[str, Any] = {"duration_s": seconds, "response_format": "pcm"}
-        route = "/v1/audio/generate"
-    else:
-        with torch.inference_mode():
-            mel = bundle.student.front_end(_test_signal(bundle, seconds))[0].T  # (M, n_mels)
-        buffer = io.BytesIO()
-        np.save(buffer, mel[:-1].numpy().astype(np.float32))  # M frames -> M hop samples
-        body = {"mel": base64.b64encode(buffer.getvalue()).decode(), "response_format": "pcm"}
-        route = "/v1/audio/vocode"
+        body = json.dumps({"duration_s": clip_s, "response_format": "pcm", **speaker}).encode()
+        return [("/v1/audio/generate", body, "application/json", clip_s)]
+    if route == "resynthesize":
+        out = []
+        for clip in clips:
+            body, kind = multipart(wav_bytes(clip, rate), {"response_format": "pcm", **speaker})
+            out.append(("/v1/audio/resynthesize", body, kind, len(clip) / rate))
+        return out
+    with torch.inference_mode():
+        signal = torch.from_numpy(test_signal(bundle, clip_s))
+        mel = bundle.student.front_end(signal)[0].T[:-1]  # (M, n_mels): M hops of audio
+    buffer = io.BytesIO()
+    np.save(buffer, mel.numpy().astype(np.float32))
+    payload: dict[str, Any] = {
+        "mel": base64.b64encode(buffer.getvalue()).decode(),
+        "response_format": "pcm",
+    }
     if bundle.config.n_speakers:
-        body["speaker"] = 0
-    return route, json.dumps(body).encode()
+        payload["speaker"] = 0
+    hops = mel.shape[0] * bundle.hop_length / rate
+    return [("/v1/audio/vocode", json.dumps(payload).encode(), "application/json", hops)]
+
+
+# --------------------------------------------------------------------- the model alone
+
+
+def prepared(vocoder: Vocoder, clips: list[np.ndarray], clip_s: float) -> list[Prepared]:
+    if vocoder.conditional:
+        return [vocoder.request(waveform=c, temperature=1.0, seed=i) for i, c in enumerate(clips)]
+    samples = int(clip_s * vocoder.sample_rate)
+    return [vocoder.request(num_samples=samples, temperature=1.0, seed=0)]
 
 
 def raw_speed(
-    bundle: Bundle, seconds: float, threads: int, exact: bool, repeats: int = 20
+    vocoder: Vocoder,
+    requests: list[Prepared],
+    batch: int,
+    threads: int,
+    per_thread: int,
+    budget_s: float,
 ) -> dict[str, float]:
-    """The model alone, batch 1, on the server's path (fast, or exact with oneDNN off) and
-    threads: the median of N timed generations (and the best), after two untimed ones."""
-    previous = torch.get_num_threads(), bool(torch.backends.mkldnn.enabled)
-    torch.set_num_threads(threads)
-    if exact:
-        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # as the service
-    vocoder = Vocoder(bundle, exact=exact)
-    try:
+    """Audio seconds per second of the model alone: ``threads`` threads (``per_thread`` torch
+    threads each) generating batches of ``batch`` copies of one prompt (no padding), going
+    through the prompts until ``budget_s`` has passed."""
+    generated = [0] * threads
+
+    def work(index: int) -> None:
+        torch.set_num_threads(per_thread)
         with torch.inference_mode():
-            signal = _test_signal(bundle, seconds)
+            turn = index
+            while time.perf_counter() < stop:
+                request = requests[turn % len(requests)]
+                vocoder.run([request] * batch)
+                generated[index] += batch * request.length
+                turn += 1
+
+    torch.set_num_threads(per_thread)
+    with torch.inference_mode():
+        vocoder.run([requests[0]] * batch)  # first-call allocations
+    started, cpu = time.perf_counter(), cpu_seconds()
+    stop = started + budget_s
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+    audio = sum(generated) / vocoder.sample_rate
+    return {
+        "audio_seconds_per_second": audio / elapsed,
+        "cpu_seconds_per_audio_second": cpu / audio,
+        "batch": batch,
+        "threads": threads,
+        "torch_threads": per_thread,
+        "seconds": elapsed,
+    }
+
+
+def raw_batch1(vocoder: Vocoder, request: Prepared, repeats: int = 10) -> dict[str, float]:
+    """One thread, batch 1: the median of timed generations (after one untimed)."""
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        vocoder.run([request])
+        times = []
+        for _ in range(repeats):
             started = time.perf_counter()
-            if vocoder.conditional:
-                request = vocoder.request(waveform=signal.numpy(), temperature=1.0, seed=0)
-            else:
-                samples = int(seconds * bundle.sample_rate)
-                request = vocoder.request(num_samples=samples, temperature=1.0, seed=0)
-            context_s = time.perf_counter() - started  # front end, upsampler, LPC, pitch (once)
-            for _ in range(2):
-                vocoder.run([request])
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                vocoder.run([request])
-                times.append(time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(previous[0])
-        torch.backends.mkldnn.enabled = previous[1]  # type: ignore[assignment]
-    context = request.context
-    audio_s = context.num_samples / bundle.sample_rate
+            vocoder.run([request])
+            times.append(time.perf_counter() - started)
+    audio_s = request.length / vocoder.sample_rate
     median = float(np.median(times))
     return {
         "audio_seconds": audio_s,
         "generate_seconds": median,
-        "generate_seconds_best": min(times),
-        "real_time_factor": median / audio_s,
         "times_real_time": audio_s / median,
         "times_real_time_best": audio_s / min(times),
-        "context_seconds": context_s,
-        "threads": threads,
+        "threads": 1,
     }
+
+
+def stage_costs(bundle: Bundle, vocoder: Vocoder, clips: list[np.ndarray]) -> dict[str, float]:
+    """Where a resynthesis request's CPU goes: milliseconds of CPU per second of audio for
+    each stage, one thread (the service's default), over the prompts."""
+    import soxr
+
+    from models.audio import loudness_lufs
+    from models.lpc import linear_prediction
+    from models.pitch import estimate_pitch, periodic_source
+    from service.audio import UploadLimits, decode_upload, encode
+
+    torch.set_num_threads(1)
+    rate, student = bundle.sample_rate, vocoder.student
+    front, config = student.front_end, student.config
+    limits = UploadLimits(30, 10**7, 192_000)
+    audio_s = sum(len(c) for c in clips) / rate
+    costs: dict[str, float] = {}
+
+    def timed(name: str, run: Any, repeats: int = 3) -> None:
+        run()
+        started = time.process_time()
+        for _ in range(repeats):
+            run()
+        costs[name] = 1000 * (time.process_time() - started) / repeats / audio_s
+
+    wavs = [wav_bytes(c, rate) for c in clips]
+    at_48k = [wav_bytes(soxr.resample(c, rate, 48_000).astype(np.float32), 48_000) for c in clips]
+    tensors = [torch.from_numpy(c) for c in clips]
+    with torch.inference_mode():
+        mels = [vocoder.features(c)[0] for c in clips]
+        timed("decode_wav", lambda: [decode_upload(w, rate, limits) for w in wavs])
+        timed("decode_resample_48k", lambda: [decode_upload(w, rate, limits) for w in at_48k])
+        timed("loudness", lambda: [loudness_lufs(t, rate) for t in tensors])
+        timed("mel", lambda: [front(t[None]) for t in tensors])
+        timed("upsampler", lambda: [student.upsampler(m, None, m.shape[-1]) for m in mels])
+        if config.source_filter.enabled:
+            sf = config.source_filter
+            timed(
+                "lpc",
+                lambda: [
+                    linear_prediction(m, front.config, sf, front.filterbank, front.window)
+                    for m in mels
+                ],
+            )
+        if config.pitch.enabled:
+            pitch = config.pitch
+
+            def pitch_and_source() -> None:
+                for m in mels:
+                    track = estimate_pitch(m, front.config, pitch, front.filterbank)
+                    steps = (m.shape[-1] - 1) * bundle.hop_length
+                    periodic_source(track, bundle.hop_length, steps, rate, pitch)
+
+            timed("pitch_and_source", pitch_and_source)
+        timed("request_total", lambda: [vocoder.request(waveform=c, seed=0) for c in clips])
+        requests = [vocoder.request(waveform=c, seed=0) for c in clips]
+        timed("generate_batch1", lambda: [vocoder.run([r]) for r in requests], 1)
+        outputs = [vocoder.run([r])[0] for r in requests]
+        timed("encode_wav", lambda: [encode(o, rate, "wav") for o in outputs])
+        timed("encode_flac", lambda: [encode(o, rate, "flac") for o in outputs])
+    return {name: round(value, 2) for name, value in costs.items()}
+
+
+def best_raw(
+    vocoder: Vocoder, requests: list[Prepared], settings: Settings, budget_s: float
+) -> dict[str, Any]:
+    """The model's batched speed on this machine: the service's layout (inference threads of
+    one torch thread) and one thread with every core intra-op, the better of the two."""
+    cores, batch = settings.cores(), settings.max_batch
+    layouts = {
+        "threads": raw_speed(vocoder, requests, batch, cores, 1, budget_s),
+        "intra_op": raw_speed(vocoder, requests, batch, 1, cores, budget_s),
+    }
+    best = max(layouts.values(), key=lambda x: x["audio_seconds_per_second"])
+    return {"best_audio_seconds_per_second": best["audio_seconds_per_second"], **layouts}
+
+
+# --------------------------------------------------------------------- the service
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of this process, or of another by pid (Linux /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_level(
     url: str,
-    route: str,
-    body: bytes,
+    requests: list[tuple[str, bytes, str, float]],
     concurrency: int,
-    requests: int,
+    count: int,
     max_seconds: float,
-    sample_rate: int,
+    server_pid: int | None,
     api_key: str | None = None,
 ) -> dict[str, Any]:
-    """``concurrency`` clients in a closed loop until ``requests`` are done or time is up."""
+    """``concurrency`` clients in a closed loop until ``count`` requests or time is up."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
-    audio_bytes = 0
+    audio = 0.0
     issued = 0
     deadline = time.monotonic() + max_seconds
-    headers = {"content-type": "application/json"}
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
-    limits = httpx.Limits(max_connections=concurrency)
+    auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal issued, audio_bytes
-        while issued < requests and time.monotonic() < deadline:
+    async def client_loop(client: httpx.AsyncClient, index: int) -> None:
+        nonlocal issued, audio
+        while issued < count and time.monotonic() < deadline:
+            path, body, kind, _ = requests[(issued + index) % len(requests)]
             issued += 1
             started = time.perf_counter()
             try:
-                response = await client.post(route, content=body, headers=headers)
+                response = await client.post(
+                    path, content=body, headers={"content-type": kind, **auth}
+                )
                 key = str(response.status_code)
                 if response.status_code == 200:
                     latencies.append(time.perf_counter() - started)
-                    audio_bytes += len(response.content)
+                    audio += float(response.headers.get("x-audio-seconds", 0.0)) or (
+                        len(response.content) / 2 / int(response.headers["x-sample-rate"])
+                    )
             except httpx.HTTPError as exc:
                 key = type(exc).__name__
             statuses[key] = statuses.get(key, 0) + 1
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        before = await _server_totals(client)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        before = await server_totals(client)
+        client_before = cpu_seconds()
+        server_before = cpu_seconds(server_pid) if server_pid else None
         started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        await asyncio.gather(*(client_loop(client, i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-        after = await _server_totals(client)
+        client_cpu = cpu_seconds() - client_before
+        server_cpu = cpu_seconds(server_pid) - server_before if server_before is not None else None
+        after = await server_totals(client)
     server = {k: after[k] - before[k] for k in after}
     batches = max(server["distilwave_batch_size_count"], 1.0)
     waits = max(server["distilwave_queue_wait_seconds_count"], 1.0)
     ok = np.asarray(latencies) if latencies else np.zeros(1)
+    cores = os.cpu_count() or 1
     return {
         "concurrency": concurrency,
         "requests": issued,
         "statuses": statuses,
         "seconds": elapsed,
         "throughput_rps": len(latencies) / elapsed,
-        "audio_seconds_per_second": audio_bytes / 2 / sample_rate / elapsed,
+        "audio_seconds_per_second": audio / elapsed,
+        "client_cpu_seconds": client_cpu,
+        "server_cpu_seconds": server_cpu,
+        "audio_seconds_per_second_adjusted": audio / max(elapsed - client_cpu / cores, 1e-9),
+        "server_cpu_seconds_per_audio_second": server_cpu / audio if server_cpu and audio else None,
         "latency_p50_s": float(np.percentile(ok, 50)),
         "latency_p95_s": float(np.percentile(ok, 95)),
         "latency_p99_s": float(np.percentile(ok, 99)),
@@ -199,7 +398,7 @@ SERVER_TOTALS = (
 )
 
 
-async def _server_totals(client: httpx.AsyncClient) -> dict[str, float]:
+async def server_totals(client: httpx.AsyncClient) -> dict[str, float]:
     """The server's cumulative batch and queue figures, from /metrics."""
     totals = dict.fromkeys(SERVER_TOTALS, 0.0)
     text = (await client.get("/metrics")).text
@@ -210,20 +409,21 @@ async def _server_totals(client: httpx.AsyncClient) -> dict[str, float]:
     return totals
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
-def own_server(bundle: Path, threads: int, env: dict[str, str]) -> Iterator[str]:
-    """A one-worker uvicorn on a free loopback port, ready, and always stopped."""
-    port = _free_port()
-    environment = {**os.environ, **env, "DISTILWAVE_BUNDLE": str(bundle)}
-    environment["DISTILWAVE_TORCH_THREADS"] = str(threads)
+def own_server(bundle: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """``distilwave serve`` (one worker) on a free loopback port, ready, and always stopped;
+    yields its URL and pid."""
+    port = free_port()
+    environment = {**os.environ, **env}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [
-        sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+        sys.executable, "-m", "distilwave.cli", "serve", "--bundle", str(bundle),
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]  # fmt: skip
     process = subprocess.Popen(command, env=environment)
@@ -239,7 +439,7 @@ def own_server(bundle: Path, threads: int, env: dict[str, str]) -> Iterator[str]
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not become ready in 180 s")
             time.sleep(0.2)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
@@ -249,24 +449,117 @@ def own_server(bundle: Path, threads: int, env: dict[str, str]) -> Iterator[str]
             process.wait(10)
 
 
-async def measure(
-    url: str, route: str, body: bytes, sample_rate: int, args: argparse.Namespace
-) -> list[Any]:
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {"DISTILWAVE_EXACT": str(args.exact), "DISTILWAVE_TORCH_THREADS": str(args.threads)}
+    if args.max_batch is not None:
+        env["DISTILWAVE_MAX_BATCH"] = str(args.max_batch)
+    if args.inference_threads is not None:
+        env["DISTILWAVE_INFERENCE_THREADS"] = str(args.inference_threads)
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument("--url", help="an already running server (loopback only)")
+    parser.add_argument("--route", choices=["resynthesize", "vocode"], default="resynthesize")
+    parser.add_argument("--prompts", type=Path, help="folder of speech WAVs (1-2.5 s)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--requests", type=int, default=200, help="per level, at most")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="per level, at most")
+    parser.add_argument("--clip-s", type=float, default=1.0, help="audio per vocode request")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per inference thread")
+    parser.add_argument("--inference-threads", type=int, help="server default: cores")
+    parser.add_argument("--max-batch", type=int, help="server default: 8")
+    parser.add_argument("--exact", action="store_true", help="serve (and time) the exact path")
+    parser.add_argument("--raw-seconds", type=float, default=8.0, help="per raw measurement")
+    parser.add_argument("--api-key", default=os.environ.get("DISTILWAVE_API_KEY"))
+    parser.add_argument("--out", type=Path, help="write the JSON report here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.url and not loopback(args.url):
+        parser.error("--url must be a loopback address (127.0.0.0/8, ::1, localhost)")
+    if min(args.concurrency) < 1 or args.requests < 1 or not 0 < args.max_seconds <= 600:
+        parser.error("concurrency and requests must be positive, max-seconds in (0, 600]")
+    report = measure(args)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    bundle = load_bundle(args.bundle)
+    settings = Settings(
+        bundle=args.bundle,
+        torch_threads=args.threads,
+        **({"max_batch": args.max_batch} if args.max_batch else {}),
+        **({"inference_threads": args.inference_threads} if args.inference_threads else {}),
+    )
+    if args.exact:
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # as the service
+    vocoder = Vocoder(bundle, exact=args.exact)
+    clips = prompts(bundle, args.prompts)
+    requests = requests_for(bundle, args.route, clips, args.clip_s)
+    model_inputs = prepared(vocoder, clips, args.clip_s)
+    raw1 = raw_batch1(vocoder, model_inputs[0])
+    stages = stage_costs(bundle, vocoder, clips) if bundle.config.conditional else {}
+    loads = [list(os.getloadavg())]
+    before = best_raw(vocoder, model_inputs, settings, args.raw_seconds)
+    with contextlib.ExitStack() as stack:
+        if args.url:
+            url, pid = args.url, None
+        else:
+            url, pid = stack.enter_context(own_server(args.bundle, server_env(args)))
+        levels = asyncio.run(levels_of(url, requests, pid, args))
+    after = best_raw(vocoder, model_inputs, settings, args.raw_seconds)
+    loads.append(list(os.getloadavg()))
+    raw = (before["best_audio_seconds_per_second"] + after["best_audio_seconds_per_second"]) / 2
+    for level in levels:
+        level["ratio_to_raw_batched"] = level["audio_seconds_per_second_adjusted"] / raw
+    by_clients = {level["concurrency"]: level for level in levels}
+    adjusted = {c: level["audio_seconds_per_second_adjusted"] for c, level in by_clients.items()}
+    return {
+        "bundle": str(args.bundle),
+        "route": requests[0][0],
+        "clip_seconds": float(np.mean([r[3] for r in requests])),
+        "prompt_seconds": [round(r[3], 3) for r in requests],
+        "exact": args.exact,
+        "cpu_count": os.cpu_count(),
+        "load_average": loads,
+        "server": None if args.url else server_env(args),
+        "raw_batch1": raw1,
+        "stage_cpu_ms_per_audio_second": stages,
+        "raw_batched": {"before": before, "after": after, "audio_seconds_per_second": raw},
+        "levels": levels,
+        "targets": {
+            "ratio_at_16": by_clients[16]["ratio_to_raw_batched"] if 16 in by_clients else None,
+            "rising_1_to_4": adjusted[4] >= adjusted[1] if {1, 4} <= set(adjusted) else None,
+        },
+    }
+
+
+async def levels_of(
+    url: str, requests: list[tuple[str, bytes, str, float]], pid: int | None, args: Any
+) -> list[dict[str, Any]]:
     key = args.api_key
-    await run_level(url, route, body, 2, 4, 30, sample_rate, key)  # warm the server up
+    await run_level(url, requests, 2, 4, 30, pid, key)  # warm the server up
     levels = []
     for concurrency in args.concurrency:
         level = await run_level(
-            url, route, body, concurrency, args.requests, args.max_seconds, sample_rate, key
+            url, requests, concurrency, args.requests, args.max_seconds, pid, key
         )
         logger.info(
-            "c=%-3d %6.2f req/s  %6.1f audio-s/s  p50 %.3f  p95 %.3f  p99 %.3f s  %s  "
-            "(server: batch %.1f, %.3f s per batch, queue wait %.3f s)",
+            "c=%-3d %6.2f req/s %6.2f audio-s/s (%.2f without the client's CPU) p50 %.3f "
+            "p99 %.3f s %s (server: batch %.1f, %.3f s per batch, queue wait %.3f s)",
             concurrency,
             level["throughput_rps"],
             level["audio_seconds_per_second"],
+            level["audio_seconds_per_second_adjusted"],
             level["latency_p50_s"],
-            level["latency_p95_s"],
             level["latency_p99_s"],
             level["statuses"],
             level["server_mean_batch_size"],
@@ -275,62 +568,6 @@ async def measure(
         )
         levels.append(level)
     return levels
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-    parser.add_argument("--url", help="an already running server (loopback only)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=200, help="per level, at most")
-    parser.add_argument("--max-seconds", type=float, default=30.0, help="per level, at most")
-    parser.add_argument("--clip-s", type=float, default=1.0, help="audio per request")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--exact", action="store_true", help="serve (and time) the exact path")
-    parser.add_argument("--api-key", default=os.environ.get("DISTILWAVE_API_KEY"))
-    parser.add_argument("--out", type=Path, help="write the JSON report here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    if args.url and not _loopback(args.url):
-        parser.error("--url must be a loopback address (127.0.0.0/8, ::1, localhost)")
-    if min(args.concurrency) < 1 or args.requests < 1 or not 0 < args.max_seconds <= 600:
-        parser.error("concurrency and requests must be positive, max-seconds in (0, 600]")
-    bundle = load_bundle(args.bundle)
-    route, body = request_for(bundle, args.clip_s)
-    raw = raw_speed(bundle, args.clip_s, args.threads, args.exact)
-    logger.info(
-        "raw batch-1 generation: %.2f s audio in %.4f s median, %.4f s best "
-        "(%.1fx real time, best %.1fx; %d threads)",
-        raw["audio_seconds"],
-        raw["generate_seconds"],
-        raw["generate_seconds_best"],
-        raw["times_real_time"],
-        raw["times_real_time_best"],
-        args.threads,
-    )
-    env = {"DISTILWAVE_MAX_BATCH": str(args.max_batch), "DISTILWAVE_EXACT": str(args.exact)}
-    with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(own_server(args.bundle, args.threads, env))
-        levels = asyncio.run(measure(url, route, body, bundle.sample_rate, args))
-    report = {
-        "bundle": str(args.bundle),
-        "route": route,
-        "clip_seconds": args.clip_s,
-        "threads": args.threads,
-        "exact": args.exact,
-        "max_batch": args.max_batch if not args.url else None,
-        "cpu_count": os.cpu_count(),
-        "raw_batch1": raw,
-        "levels": levels,
-    }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n", encoding="utf-8")
-    else:
-        sys.stdout.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, le=256)
     max_delay_ms: float = Field(5.0, ge=0, le=1000)
     max_batch_samples: int = Field(2_000_000, ge=1, description="batch x padded length cap")
+    max_batch_padding: float = Field(
+        0.25,
+        ge=0,
+        le=1000,
+        description="a batch pads its requests to the longest by at most this fraction of "
+        "the samples they need (padding costs as much as audio on a CPU)",
+    )
     queue_size: int = Field(
         64,
         ge=1,

@@ -18,7 +18,6 @@ each keep a core busy.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.05
 
 
-@dataclass
+@dataclass(eq=False)
 class _Stream:
     job: Job
     chunks: Iterator[np.ndarray]
@@ -57,7 +56,6 @@ class Worker:
         self.settings = engine.settings
         self.metrics = engine.metrics
         self.streams: list[_Stream] = []
-        self.carry: Job | None = None
         self.turn: list[Job] = []
         self.busy = False
         self.beat = time.monotonic()
@@ -69,7 +67,7 @@ class Worker:
 
     @property
     def idle(self) -> bool:
-        return self.carry is None and not self.busy and not self.streams
+        return not self.busy and not self.streams
 
     # ---------------------------------------------------------------------- the loop
     def _run(self) -> None:
@@ -158,33 +156,39 @@ class Worker:
         return bool(jobs) or advanced
 
     def _take(self) -> list[Job]:
-        """The next batch of waiting jobs (empty if none arrived within the poll interval)."""
-        pending = self.engine.queue
+        """The next batch of waiting jobs (empty if none arrived within the poll interval).
+
+        Jobs join the first while the batch stays within ``max_batch`` requests and
+        ``max_batch_samples`` padded samples, and pads its requests by at most
+        ``max_batch_padding`` of what they need (every request is padded to the longest; on
+        a CPU the padding costs as much as the audio). A job that does not fit is set aside,
+        first in line for the next batch of any thread."""
+        engine, settings = self.engine, self.settings
         streaming = self._streams_can_advance()
-        if self.carry is not None:
-            jobs, self.carry = [self.carry], None
-        else:
-            try:
-                jobs = [pending.get(timeout=POLL_S) if not streaming else pending.get_nowait()]
-            except queue.Empty:
-                return []
-        window_end = jobs[0].enqueued + self.settings.max_delay_ms / 1000.0
-        padded = jobs[0].samples
-        while sum(not j.stream for j in jobs) < self.settings.max_batch:
+        first = engine.next_job(0.0 if streaming else POLL_S)
+        if first is None:
+            return []
+        jobs, aside = [first], list[Job]()
+        window_end = first.enqueued + settings.max_delay_ms / 1000.0
+        count, longest, needed = (0, 0, 0) if first.stream else (1, first.samples, first.samples)
+        while count < settings.max_batch and len(aside) < settings.max_batch:
             remaining = 0.0 if streaming else window_end - time.monotonic()
-            try:
-                job = pending.get(timeout=remaining) if remaining > 0 else pending.get_nowait()
-            except queue.Empty:
+            job = engine.next_job(remaining)
+            if job is None:
                 break
-            if not job.stream:
-                longest = max(padded, job.samples)
-                batch = sum(not j.stream for j in jobs) + 1
-                if longest * batch > self.settings.max_batch_samples:
-                    self.carry = job
-                    break
-                padded = longest
+            if job.stream:
+                jobs.append(job)
+                continue
+            padded = max(longest, job.samples) * (count + 1)
+            if count and (
+                padded > settings.max_batch_samples
+                or padded > (1 + settings.max_batch_padding) * (needed + job.samples)
+            ):
+                aside.append(job)
+                continue
             jobs.append(job)
-        self.metrics.queue_depth.set(pending.qsize())
+            count, longest, needed = count + 1, max(longest, job.samples), needed + job.samples
+        engine.set_aside(aside)
         return jobs
 
     def _prepare(self, job: Job) -> Prepared | None:

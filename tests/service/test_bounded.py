@@ -113,3 +113,17 @@ async def test_a_stream_whose_client_stops_reading_is_ended():
     with anyio.fail_after(10):
         await response(scope, receive, stuck_send)
     assert job.cancelled.is_set() and len(sent) == 4
+
+
+def test_jobs_are_told_apart_by_identity_not_by_their_arrays():
+    """The inference thread removes ended streams from a list: comparing two jobs field by
+    field compared their mels (an error for equal shapes: 16 live streams crashed a turn)."""
+    admission = Admission(4, 4)
+    mel = np.zeros((80, 10), np.float32)
+    first, second = (
+        Job(source={"mel": mel.copy()}, samples=1000, ticket=admission.admit(stream=True))
+        for _ in range(2)
+    )
+    live = [first, second]
+    live.remove(second)
+    assert live == [first] and first != second

@@ -64,7 +64,9 @@ async def test_batched_requests_equal_each_request_alone(bundles, speech, kind, 
     async with running(alone) as (client, _):
         solo = [(await client.post(route, json=body)).content for route, body in requests]
     # The batch closes when all four have arrived (or after 1 s, if the box is very busy).
-    batched = settings_for(bundles[kind], max_batch=len(requests), max_delay_ms=1000, exact=exact)
+    batched = settings_for(
+        bundles[kind], max_batch=len(requests), max_delay_ms=1000, exact=exact, max_batch_padding=99
+    )
     async with running(batched) as (client, _):
         responses = await asyncio.gather(
             *(client.post(route, json=body) for route, body in requests)
@@ -82,7 +84,7 @@ async def test_resynthesis_batches_with_vocoding_exactly(bundles, speech):
     async with running(settings_for(bundles["cond"], max_batch=1)) as (client, _):
         solo_up = await client.post("/v1/audio/resynthesize", files=upload, data={"seed": "4"})
         solo_voc = await client.post("/v1/audio/vocode", json=vocode)
-    together = settings_for(bundles["cond"], max_batch=2, max_delay_ms=1000)
+    together = settings_for(bundles["cond"], max_batch=2, max_delay_ms=1000, max_batch_padding=99)
     async with running(together) as (client, _):
         both = await asyncio.gather(
             client.post("/v1/audio/resynthesize", files=upload, data={"seed": "4"}),

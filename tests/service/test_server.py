@@ -181,18 +181,26 @@ def test_loadtest_reports_levels_and_raw_speed(uvicorn_server, bundles, tmp_path
     out = tmp_path / "load.json"
     loadtest.main(
         [
-            "--bundle", str(bundles["cond"]), "--url", uvicorn_server, "--concurrency", "1", "3",
-            "--requests", "6", "--max-seconds", "20", "--clip-s", "0.5", "--threads", "1",
-            "--exact", "--out", str(out),
+            "--bundle", str(bundles["cond"]), "--url", uvicorn_server, "--route", "vocode",
+            "--concurrency", "1", "3", "--requests", "6", "--max-seconds", "20", "--clip-s",
+            "0.5", "--threads", "1", "--exact", "--raw-seconds", "0.3", "--out", str(out),
         ]
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["raw_batch1"]["times_real_time"] > 0
+    assert report["raw_batched"]["audio_seconds_per_second"] > 0
+    assert {"mel", "pitch_and_source", "generate_batch1"} <= set(
+        report["stage_cpu_ms_per_audio_second"]
+    ) or "lpc" in report["stage_cpu_ms_per_audio_second"]
     assert [level["concurrency"] for level in report["levels"]] == [1, 3]
     for level in report["levels"]:
         assert level["statuses"] == {"200": 6}
         assert 0 < level["latency_p50_s"] <= level["latency_p95_s"] <= level["latency_p99_s"]
         assert level["audio_seconds_per_second"] == pytest.approx(level["throughput_rps"] * 0.5)
+        assert level["client_cpu_seconds"] > 0
+        assert level["audio_seconds_per_second_adjusted"] >= level["audio_seconds_per_second"]
+        assert level["ratio_to_raw_batched"] > 0
+    assert report["targets"]["rising_1_to_4"] is None  # no 4-client level here
     with pytest.raises(SystemExit):
         loadtest.main(["--bundle", str(bundles["cond"]), "--url", "http://192.0.2.1:8000"])
 
