@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -217,13 +218,17 @@ class Trainer:
         bad_in_row = 0
         last_metrics: dict[str, float] = {}
         stopped = "steps"
+        # a bar with its ETA on a terminal; plain periodic lines in a log or a pipe
+        terminal = sys.stderr.isatty()
         bar = tqdm(
             total=loop.steps,
             initial=self.step,
             desc=self.recipe.kind,
-            disable=not self.dist.is_main,
+            disable=not self.dist.is_main or not terminal,
             dynamic_ncols=True,
         )
+        every = max(loop.log_every, loop.steps // 20)
+        first_step, first_time = self.step, time.monotonic()
         self.recipe.objective.train()
         try:
             while self.step < loop.steps:
@@ -265,6 +270,17 @@ class Trainer:
                     scalars["grad/norm"] = float(grad_norm)
                     scalars["lr"] = float(self.scheduler.get_last_lr()[0])
                     bar.set_postfix(loss=f"{scalars['loss']:.4g}", gnorm=f"{float(grad_norm):.3g}")
+                    if self.dist.is_main and not terminal and self.step % every == 0:
+                        rate = (time.monotonic() - first_time) / (self.step - first_step)
+                        log.info(
+                            "%s step %d/%d: loss %.4g, %.2f s/step, ETA %.1f min",
+                            self.recipe.kind,
+                            self.step,
+                            loop.steps,
+                            scalars["loss"],
+                            rate,
+                            rate * (loop.steps - self.step) / 60,
+                        )
                     if writer is not None:
                         for name, value in scalars.items():
                             tag = name if "/" in name else f"train/{name}"
