@@ -42,7 +42,7 @@ import numpy as np
 
 from models.bundle import Bundle, load_bundle
 from service.hostile import Prober, attacks, npy, rss_mb
-from service.loadtest import loopback, multipart, own_server, prompts, wav_bytes
+from service.loadclient import loopback, multipart, own_server, prompts, wav_bytes
 from service.settings import Settings
 
 logger = logging.getLogger("distilwave.attack")

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile
 
 from models.bundle import Bundle
-from service.loadtest import multipart, wav_bytes
+from service.loadclient import multipart, wav_bytes
 
 
 def rss_mb(pid: int | None) -> float | None:
