@@ -27,7 +27,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-TRAINING_JOBS = ("train", "prepare", "train-teacher", "distill", "evaluate", "export")
+TRAINING_JOBS = (
+    "train", "prepare", "train-prior", "train-teacher", "distill", "evaluate", "export",
+)  # fmt: skip
 
 
 def _tool(name: str) -> str:
@@ -213,7 +215,7 @@ def test_gpu_override_reserves_gpus_and_runs_torchrun() -> None:
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
         if name != "serve":
             assert "shm_size" in service, name
-    for name in ("train-teacher", "distill"):
+    for name in ("train-prior", "train-teacher", "distill"):
         entrypoint = gpu[name]["entrypoint"]
         assert entrypoint[0] == "torchrun" and "--nproc-per-node" in entrypoint
         assert entrypoint[-2:] == ["-m", "distilwave.cli"]

@@ -43,6 +43,9 @@ def prior(
     from training.recipes.jobs import run_job
 
     config = load_preset(preset, overrides)
+    if not config.uses_prior:  # so a fixed job list (docker compose) runs any preset
+        typer.echo(f"prior: preset {config.name!r} has no prior (student.prior); nothing to do")
+        return
     result, where = run_job("prior", config, data, run_dir, resume, device)
     if _main_rank():
         typer.echo(
@@ -60,7 +63,7 @@ def teacher(
     resume: ResumeOption = False,
     prior: Annotated[
         Path | None,
-        typer.Option("--prior", exists=True, help="prior run (presets with the prior)"),
+        typer.Option("--prior", help="prior run (presets with the prior; else unused)"),
     ] = None,
     device: DeviceOption = "auto",
 ) -> None:

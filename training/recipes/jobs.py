@@ -142,6 +142,8 @@ def run_job(
             recipe = PriorRecipe(preset, data_dir, dist)
         elif job == "teacher":
             prior = None
+            if upstream is not None and not preset.uses_prior:
+                log.info("preset %r has no prior: %s is not used", preset.name, upstream)
             if preset.uses_prior:
                 if upstream is None:
                     raise UserError("this teacher models x - h: pass --prior (the prior run)")
