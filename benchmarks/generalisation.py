@@ -8,7 +8,10 @@ from the bundle's own mel of it, both scored against the file itself):
 - ``espeak``: English sentences spoken by espeak-ng in several voices (male and female
   variants); installed by ``make bench`` (Debian ``espeak-ng``) when missing;
 - ``pitch_down`` / ``pitch_up``: the committed speech fixtures shifted by -5 and +4 semitones
-  (librosa), a lower and a higher voice than the corpus's.
+  (librosa), a lower and a higher voice than the corpus's;
+- with ``--data`` (a prepared corpus): ``test`` (its held-out test split as it is, for
+  reference) and ``test_pitch_down`` / ``test_pitch_up`` (the same files shifted): the
+  fixtures come from the default corpus, the test split was never trained on.
 
 Writes a JSON report (per set: files, mean PESQ-NB / LSD / STOI / MCD of both systems and
 the difference) into benchmarks/results/.
@@ -71,9 +74,28 @@ def shifted_set(rate: int, semitones: float) -> list[tuple[str, np.ndarray]]:
     for path in sorted(SPEECH.rglob("*.wav"))[:8]:
         audio, source_rate = sf.read(path, dtype="float32")
         audio = _at(audio, source_rate, rate)
-        shifted = librosa.effects.pitch_shift(audio, sr=rate, n_steps=semitones)
-        clips.append((f"{path.stem}{semitones:+g}st", shifted.astype(np.float32)))
+        clips.append((f"{path.stem}{semitones:+g}st", _shift(audio, rate, semitones)))
     return clips
+
+
+def test_split_sets(data: Path, rate: int) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """The held-out test split of a prepared corpus, as it is and pitch-shifted."""
+    from training.data.dataset import UtteranceDataset
+
+    test = UtteranceDataset(data, "test", max_seconds=MAX_SECONDS, limit=8)
+    clips = [(str(test[i]["id"]), test[i]["audio"].numpy()) for i in range(len(test))]
+    if not clips:
+        raise SystemExit(f"{data} has no test utterances")
+    sets = {"test": clips}
+    for name, semitones in SHIFTS.items():
+        sets[f"test_{name}"] = [
+            (f"{key}{semitones:+g}st", _shift(audio, rate, semitones)) for key, audio in clips
+        ]
+    return sets
+
+
+def _shift(audio: np.ndarray, rate: int, semitones: float) -> np.ndarray:
+    return librosa.effects.pitch_shift(audio, sr=rate, n_steps=semitones).astype(np.float32)
 
 
 def _at(audio: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
@@ -114,12 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=None, help="prepared corpus: its test split")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     vocoder = load(args.bundle)
     rate = vocoder.sample_rate
     sets = {"espeak": espeak_set(rate)}
     sets.update({name: shifted_set(rate, semitones) for name, semitones in SHIFTS.items()})
+    if args.data is not None:
+        sets.update(test_split_sets(args.data, rate))
     started = time.perf_counter()
     report = {
         "machine": machine(),

@@ -77,6 +77,8 @@ class Architecture(BaseModel):
     parameters: int
     source_filter: bool
     conditional: bool
+    prior: bool = Field(False, description="a mel-inversion prior h(mel) as the last flow step")
+    flow_steps: list[str] = Field(default_factory=list, description="the cascade, in order")
 
 
 class Limits(BaseModel):
@@ -93,6 +95,9 @@ class Limits(BaseModel):
     body_timeout_s: float = Field(description="the whole body arrives within this (else 408)")
     queue_size: int = Field(description="requests admitted and waiting per worker (503 beyond)")
     max_streams: int = Field(description="live streams per worker (503 beyond)")
+    max_mel_magnitude: float = Field(description="largest |value| of a normalised log-mel")
+    max_connections: int = Field(description="open connections per worker (503 beyond)")
+    max_batch: int = Field(description="requests generated together in one batch")
 
 
 class ModelCard(BaseModel):

@@ -200,6 +200,8 @@ class ServiceState:
                 parameters=sum(p.numel() for p in bundle.student.parameters()),
                 source_filter=config.source_filter.enabled,
                 conditional=config.conditional,
+                prior=config.prior.enabled,
+                flow_steps=list(bundle.student.flows.names()),
             ),
             mel=bundle.mel.model_dump(),
             training=_section(card, "training", "data", "dataset"),
@@ -217,6 +219,9 @@ class ServiceState:
                 body_timeout_s=settings.body_timeout_s,
                 queue_size=settings.queue_size,
                 max_streams=settings.max_streams,
+                max_mel_magnitude=settings.max_mel_magnitude,
+                max_connections=settings.max_connections,
+                max_batch=settings.max_batch,
             ),
             card=card,
         )

@@ -43,3 +43,14 @@ def test_the_python_api_is_the_vocoder_of_models():
     from models.vocoder import Vocoder, load
 
     assert distilwave.load is load and distilwave.Vocoder is Vocoder
+
+
+def test_readme_states_every_limit_the_card_advertises():
+    """Issue 14: the README's limits table names every limit of ``GET /v1/models``."""
+    from service.schemas import Limits
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Limits, and what a client sees") :]
+    names = {"max_mel_frames": "MAX_MEL_FRAMES", "formats": "ALLOWED_FORMATS"}
+    for field in Limits.model_fields:
+        assert f"`{names.get(field, field.upper())}`" in table, field

@@ -26,8 +26,9 @@ def evaluate_command(
     """Evaluate teacher and student on the held-out test split, next to the baselines.
 
     Writes eval.json (teacher bits/sample vs an AR(32) predictor, student KL both ways,
-    LSD / MR-STFT / MCD / PESQ / STOI of student, Griffin-Lim and an LPC noise vocoder,
-    generation speeds), spectrogram figures and audio files.
+    LSD / MR-STFT / MCD / PESQ / STOI of the student at the preset's temperature and at 1, the
+    prior h(mel) alone, Griffin-Lim, an LPC noise vocoder and the teacher's own samples on short
+    clips, generation speeds), spectrogram figures and audio files.
     """
     from training.evaluation.evaluate import evaluate
     from training.recipes.common import load_student, load_teacher

@@ -141,6 +141,10 @@ def evaluate(
         )
         seconds["lpc_noise"] += elapsed
         outputs = {"student": fake_np, "griffin_lim": gl, "lpc_noise": noise_voc}
+        if cfg.temperature != 1.0:  # the distribution the KL is measured on, beside the default
+            noise_t1 = student.draw_noise(context, 1.0, generator)
+            outputs["student_t1"] = student.generate(context, noise=noise_t1)[0].numpy()
+            rows.setdefault("student_t1", [])
         if student.prior is not None:  # the prior alone: h(mel), what the flows start from
             prior, elapsed = _timed(lambda m=mel: student.prior(m)[0])
             seconds["prior"] = seconds.get("prior", 0.0) + elapsed

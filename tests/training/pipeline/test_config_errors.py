@@ -130,11 +130,15 @@ def test_every_shipped_preset_validates_and_builds_its_models(name):
     assert student.flows.names() == expected
 
 
-def test_default_presets_distil_the_pitch_model_they_are_documented_with():
+def test_default_presets_distil_the_model_they_are_documented_with():
     from training.config import load_preset
 
     for name in ("cpu-8k", "cpu-8k-long"):
         preset = load_preset(name)
+        # the mel-inversion prior in both models (the same one), source-filter + pitch on the
+        # residual, no mixed excitation (its pulses cost LSD on top of the prior: measured)
+        assert preset.teacher.prior.enabled and preset.student.prior == preset.teacher.prior
         assert preset.teacher.pitch.enabled and preset.student.pitch.enabled
-        assert preset.student.mixed_excitation and preset.teacher.source_filter.enabled
+        assert preset.teacher.source_filter.enabled and preset.student.source_filter.enabled
+        assert not preset.student.mixed_excitation
         assert preset.student.pitch == preset.teacher.pitch
