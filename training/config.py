@@ -85,6 +85,9 @@ class DistillationConfig(StrictModel):
     log_scale_weight: float = Field(4.0, ge=0)
     stft_weight: float = Field(1.0, ge=0)
     stft_ffts: tuple[int, ...] = (512, 256, 128)
+    mean_stft_weight: float = Field(
+        0.0, ge=0, description="MR-STFT of the student's T = 0 output (its deterministic path)"
+    )
     temperature: float = Field(1.0, gt=0, description="z0 scale during distillation")
     train_prior: bool = Field(False, description="go on training the prior (else frozen)")
 

@@ -55,7 +55,8 @@ def distillation_terms(
 
 
 class DistillObjective(nn.Module):
-    """Student loss = w_kl KL + w_ls (log s_student - log s_teacher)^2 + w_stft MR-STFT.
+    """Student loss = w_kl KL + w_ls (log s_student - log s_teacher)^2 + w_stft MR-STFT
+    (+ w_mean MR-STFT of the T = 0 output, the sample the bundle serves at temperature 0).
 
     The teacher is frozen (eval mode, no parameter gradients) and not registered, so DDP
     neither syncs nor saves it.
@@ -85,7 +86,18 @@ class DistillObjective(nn.Module):
             + cfg.log_scale_weight * regulariser
             + cfg.stft_weight * (convergence + magnitude)
         )
+        extra: dict[str, Tensor] = {}
+        if cfg.mean_stft_weight > 0:  # the deterministic path (T = 0) against the real segment
+            real = batch["audio"]
+            context = model_context(self.student, batch["mel"], batch.get("speaker"), real.shape[1])
+            mean_waveform = self.student.generate(context, temperature=0.0)
+            mean_convergence, mean_magnitude = multi_resolution_stft(
+                mean_waveform, real, cfg.stft_ffts
+            )
+            loss = loss + cfg.mean_stft_weight * (mean_convergence + mean_magnitude)
+            extra["loss/mean_stft"] = (mean_convergence + mean_magnitude).detach()
         return {
+            **extra,
             "loss": loss,
             "loss/kl_closed": terms["kl_closed"].mean().detach(),
             "loss/kl_mc": terms["kl_mc"].mean().detach(),
