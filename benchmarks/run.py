@@ -58,9 +58,10 @@ def service(
         return result
 
 
-def generalisation_section(models: Models, quick: bool) -> dict[str, Any]:
-    """Voices the corpus lacks (espeak-ng, pitch-shifted fixtures) against Griffin-Lim."""
-    from benchmarks.generalisation import SHIFTS, espeak_set, score, shifted_set
+def generalisation_section(models: Models, quick: bool, data: Path | None) -> dict[str, Any]:
+    """Voices the corpus lacks (espeak-ng, pitch-shifted fixtures and, with a prepared corpus,
+    its pitch-shifted test split) against Griffin-Lim."""
+    from benchmarks.generalisation import SHIFTS, espeak_set, score, shifted_set, test_split_sets
 
     if not models.trained:
         return {"skipped": "an untrained student: quality means nothing (run `make demo`)"}
@@ -72,6 +73,8 @@ def generalisation_section(models: Models, quick: bool) -> dict[str, Any]:
         sets_note = str(exc)
     else:
         sets_note = ""
+    if data is not None and (data / "manifest.jsonl").is_file():
+        sets.update(test_split_sets(data, rate))
     if quick:
         sets = {name: clips[:2] for name, clips in sets.items()}
     result: dict[str, Any] = {name: score(models.vocoder, clips, 0) for name, clips in sets.items()}
@@ -131,7 +134,9 @@ def run_benchmarks(
         if "scaling" in chosen:
             report["scaling"] = scaling(models, audio, scale, runs)
         if "generalisation" in chosen:
-            report["generalisation"] = generalisation_section(models, quick)
+            report["generalisation"] = generalisation_section(
+                models, quick, data or newest("*/data")
+            )
         if "training" in chosen:
             report["training"] = training_section(
                 data, teacher or newest("*/teacher"), preset, 1 if quick else 3
