@@ -127,10 +127,16 @@ def _training(section: dict[str, Any]) -> list[str]:
     if "skipped" in section:
         return [f"Not measured: {section['skipped']}."]
     lines = ["| step | processes | samples/s | s/step |", "|---|---|---|---|"]
-    for job in ("teacher", "student"):
+    names = {
+        "prior": "prior (spectral losses)",
+        "teacher": "teacher (MLE)",
+        "student": "distillation",
+    }
+    for job, name in names.items():
         for processes in (1, 2):
             entry = section.get(f"{job}_{processes}proc", {})
-            name = "teacher (MLE)" if job == "teacher" else "distillation"
+            if job == "prior" and not entry:  # a preset without the prior
+                continue
             if "failed" in entry or not entry:
                 lines.append(f"| {name} | {processes} | failed | |")
                 continue
@@ -146,7 +152,7 @@ def _service(section: dict[str, Any]) -> list[str]:
         return [f"Not measured: {section.get('skipped') or section.get('failed')}."]
     raw = section["raw_batch1"]
     lines = [
-        f"{section['clip_seconds']:g} s clips; raw batch-1 model speed in the same run "
+        f"{section['clip_seconds']:.2f} s clips; raw batch-1 model speed in the same run "
         f"{raw['times_real_time']:.1f}× real time.",
         "",
         "| clients | requests/s | audio s/s | p50 (s) | p95 (s) | p99 (s) | mean batch |",
