@@ -235,3 +235,34 @@ def test_pitch_lagged_input_reaches_beyond_the_direct_receptive_field(variant):
     target = source + field + 1
     changed = flow(u, context).mean[:, target] != flow(perturbed, context).mean[:, target]
     assert bool(changed.any()) == variant.pitch
+
+
+def test_viterbi_finds_a_best_banded_path_by_brute_force():
+    """The frame loop (NumPy) returns a path whose score is the best over every path with
+    moves of at most ``band`` candidates, each move charged its log-frequency distance."""
+    import itertools
+
+    from models.pitch import _viterbi
+
+    generator = torch.Generator().manual_seed(0)
+    log_candidates = torch.log2(torch.linspace(100, 400, 5))
+    step = float((log_candidates[1:] - log_candidates[:-1]).mean())
+    for trial in range(30):
+        frames, band = 4, 1 + trial % 2
+        score = torch.randint(-2, 3, (2, frames, 5), generator=generator).float()
+        if trial % 3 == 0:
+            score = torch.randn(2, frames, 5, generator=generator)
+        path = _viterbi(score, log_candidates, 0.08, band)
+        assert path.shape == (2, frames) and path.dtype == torch.int64
+
+        def value(b: int, p: tuple[int, ...], s: torch.Tensor = score, n: int = frames) -> float:
+            moves = sum(abs(p[i + 1] - p[i]) * step / 0.08 for i in range(n - 1))
+            return float(sum(s[b, i, p[i]] for i in range(n))) - moves
+
+        for b in range(2):
+            best = max(
+                value(b, p)
+                for p in itertools.product(range(5), repeat=frames)
+                if all(abs(p[i + 1] - p[i]) <= band for i in range(frames - 1))
+            )
+            assert value(b, tuple(path[b].tolist())) == pytest.approx(best, abs=1e-4)
