@@ -127,7 +127,7 @@ def evaluate(
         fake_np = fake[0].numpy()
         # the distillation terms at temperature 1 (the distilled objective), on the same mel
         batch = {"audio": item["audio"][None], "mel": mel, "speaker": speaker}
-        terms = distillation_terms(student, teacher, batch, 1.0, generator)
+        terms = distillation_terms(student, teacher, batch, 1.0, generator, context)
         closed.append(terms["kl_closed"])
         mc.append(terms["kl_mc"])
         student_bits_nll += float(terms["teacher_nll"].sum()) * terms["waveform"].shape[1]

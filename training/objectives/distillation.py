@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from models.conditioning import Context
 from models.kl import closed_form_kl, log_scale_regulariser, monte_carlo_kl
 from models.student import IAFStudent
 from models.teacher import GaussianWaveNet
@@ -28,15 +29,20 @@ def distillation_terms(
     batch: dict[str, Tensor],
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    context: Context | None = None,
 ) -> dict[str, Tensor]:
     """Every term per sequence ``(B,)`` (nats per sample) and the sample's ``waveform``.
+
+    ``context`` is the student's conditioning of ``batch`` when the caller already has it
+    (pitch, linear prediction and the prior are not computed twice).
 
     Keys: ``kl_closed``, ``kl_mc``, ``log_scale`` (the regulariser), ``teacher_nll`` (the
     teacher's NLL of the student's output) and ``waveform``; only ``loss`` (NaN) and
     ``waveform`` when the sample is not finite.
     """
     real, mel, speaker = batch["audio"], batch["mel"], batch.get("speaker")
-    context = model_context(student, mel, speaker, real.shape[1])
+    if context is None:
+        context = model_context(student, mel, speaker, real.shape[1])
     sample = student.sample(context, temperature=temperature, generator=generator)
     waveform = sample.waveform
     if not bool(torch.isfinite(waveform).all()):
@@ -73,12 +79,12 @@ class DistillObjective(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         cfg = self.config
         teacher: GaussianWaveNet = self.teacher  # type: ignore[assignment]
-        terms = distillation_terms(self.student, teacher, batch, cfg.temperature)
+        real = batch["audio"]
+        context = model_context(self.student, batch["mel"], batch.get("speaker"), real.shape[1])
+        terms = distillation_terms(self.student, teacher, batch, cfg.temperature, context=context)
         if "loss" in terms:
             return {"loss": terms["loss"]}
-        convergence, magnitude = multi_resolution_stft(
-            terms["waveform"], batch["audio"], cfg.stft_ffts
-        )
+        convergence, magnitude = multi_resolution_stft(terms["waveform"], real, cfg.stft_ffts)
         kl = terms["kl_closed"].mean() if cfg.kl == "closed" else terms["kl_mc"].mean()
         regulariser = terms["log_scale"].mean()
         loss = (
@@ -88,8 +94,6 @@ class DistillObjective(nn.Module):
         )
         extra: dict[str, Tensor] = {}
         if cfg.mean_stft_weight > 0:  # the deterministic path (T = 0) against the real segment
-            real = batch["audio"]
-            context = model_context(self.student, batch["mel"], batch.get("speaker"), real.shape[1])
             mean_waveform = self.student.generate(context, temperature=0.0)
             mean_convergence, mean_magnitude = multi_resolution_stft(
                 mean_waveform, real, cfg.stft_ffts
