@@ -110,6 +110,19 @@ class PriorTrainingConfig(StrictModel):
         "angular_frequency",
     )
     phase_magnitude_weighted: bool = Field(False, description="weigh bins by target magnitude")
+    speed_range: tuple[float, float] | None = Field(
+        None,
+        description="play training segments at a random speed in [low, high] (pitch and "
+        "formants scaled together), so the prior does not learn one voice; None: off",
+    )
+
+    @model_validator(mode="after")
+    def _check_speed(self) -> Self:
+        if self.speed_range is not None and not 0 < self.speed_range[0] <= 1 <= self.speed_range[1]:
+            raise ValueError(
+                f"speed_range must satisfy 0 < low <= 1 <= high, got {self.speed_range}"
+            )
+        return self
 
 
 class EvaluationConfig(StrictModel):

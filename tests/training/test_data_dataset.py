@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from models.mel import MelFrontEnd
-from tests.training.test_data_support import FIXTURES, HOP, N_FFT, SEGMENT, tiny_preset
+from tests.training.test_data_support import (
+    FIXTURES,
+    HOP,
+    N_FFT,
+    SAMPLE_RATE,
+    SEGMENT,
+    tiny_preset,
+)
 from training.data.dataset import (
     QUANTIZATION_STEP,
     PreparedCorpus,
@@ -154,3 +163,79 @@ def test_val_and_test_splits_are_not_empty_for_the_fixtures(root: Path) -> None:
 def test_missing_prepared_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="distilwave data prepare"):
         PreparedCorpus(tmp_path)
+
+
+# --------------------------------------------------------------------- speed perturbation
+
+
+def _speed_segment(dataset: SegmentDataset, speed: float, seed: int = 0) -> tuple:
+    row = max(dataset.rows, key=lambda r: r["num_samples"])
+    perturbed = dataset._perturbed(row, speed, np.random.default_rng(seed))
+    assert perturbed is not None
+    return row, *perturbed
+
+
+def test_speed_one_gives_the_stored_samples_and_frames(root: Path) -> None:
+    """The resampling path at speed 1 cuts exactly a stored span, and its mel, computed on
+    the cut with half a window of real context each side, equals the stored frames."""
+    dataset = SegmentDataset(
+        root, segment_samples=SEGMENT, dequantize=False, speed_range=(0.8, 1.25)
+    )
+    row, audio, mel = _speed_segment(dataset, 1.0)
+    found, start = _locate(dataset.corpus, audio)
+    assert found["id"] == row["id"]
+    _, stored = dataset.corpus.load_span(row, start, SEGMENT // HOP)
+    assert audio.shape == (SEGMENT,) and mel.shape == stored.shape
+    torch.testing.assert_close(mel, stored.float(), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tone_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A corpus of steady 200 Hz harmonic tones."""
+    folder = tmp_path_factory.mktemp("tones")
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    tone = sum(np.sin(2 * np.pi * 200 * k * t) / k for k in (1, 2, 3)) * 0.2
+    for index in range(6):
+        sf.write(folder / f"tone{index}.wav", tone.astype(np.float32), SAMPLE_RATE)
+    out = tmp_path_factory.mktemp("tones-prepared") / "prepared"
+    prepare_corpus(folder, out, tiny_preset(shard_size=3), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("speed", [0.8, 1.0, 1.24])
+def test_speed_scales_the_pitch(tone_root: Path, speed: float) -> None:
+    dataset = SegmentDataset(
+        tone_root, segment_samples=8 * SEGMENT, dequantize=False, speed_range=(0.8, 1.25)
+    )
+    _, audio, mel = _speed_segment(dataset, speed)
+    spectrum = np.abs(np.fft.rfft(audio.numpy() * np.hanning(len(audio))))
+    peak = np.argmax(spectrum) * SAMPLE_RATE / len(audio)
+    assert abs(peak - 200 * speed) < SAMPLE_RATE / len(audio) * 1.5
+    # the frames are the front end's of the played audio
+    expected = MelFrontEnd(dataset.corpus.mel_config)(audio[None])[0]
+    inner = slice(N_FFT // 2 // HOP + 1, -(N_FFT // 2 // HOP + 1))
+    torch.testing.assert_close(mel[:, inner], expected[:, inner], atol=1e-4, rtol=0)
+
+
+def test_speed_range_items_are_reproducible_and_differ_from_plain(root: Path) -> None:
+    plain = SegmentDataset(root, segment_samples=SEGMENT, dequantize=False, seed=2)
+    played = SegmentDataset(
+        root, segment_samples=SEGMENT, dequantize=False, seed=2, speed_range=(0.7, 1.4)
+    )
+    again = SegmentDataset(
+        root, segment_samples=SEGMENT, dequantize=False, seed=2, speed_range=(0.7, 1.4)
+    )
+    differ = 0
+    for index in range(12):
+        item = played[index]
+        assert item["audio"].shape == (SEGMENT,) and item["mel"].shape == plain[index]["mel"].shape
+        assert torch.equal(item["audio"], again[index]["audio"])
+        assert torch.equal(item["mel"], again[index]["mel"])
+        differ += not torch.equal(item["audio"], plain[index]["audio"])
+    assert differ >= 6
+
+
+@pytest.mark.parametrize("bad", [(1.1, 1.3), (0.7, 0.9), (0.0, 1.2)])
+def test_a_speed_range_without_one_is_rejected(root: Path, bad: tuple[float, float]) -> None:
+    with pytest.raises(ValueError, match="speed_range"):
+        SegmentDataset(root, segment_samples=SEGMENT, speed_range=bad)

@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchaudio
 from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from models.audio import from_int16
 from models.config import MelConfig
+from models.mel import MelFrontEnd
 from training.data.shards import MANIFEST_FILE, PREPARED_FILE, audio_key, mel_key
 from training.data.split import SPLITS
 
@@ -122,12 +124,21 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
     only on (seed, epoch, index), so any sampler (``DistributedSampler`` too) and any number of
     DataLoader workers see the same data; call ``set_epoch`` each epoch.
 
+    With ``speed_range = (low, high)``, each item is also played at a random speed ``f`` (log-
+    uniform in the range, in steps of 1/50): ``y(t) = x(f t)``, band-limited resampling of a
+    span ``f`` times as long, which scales pitch and formants together (a deeper or higher
+    voice; the mel-inversion prior then does not learn one speaker's spectra). Its mel is
+    computed by the corpus's front end on the resampled audio with ``n_fft / 2`` of real
+    context on each side, so frame ``j`` is centred on sample ``j * hop`` as in the stored
+    mels. Utterances too short for the drawn speed keep ``f = 1`` (the stored frames).
+
     Args:
         root: A prepared directory.
         split: ``train``, ``val`` or ``test``.
         segment_samples: Segment length, a multiple of hop.
         dequantize: Add dequantisation noise.
         seed: Base seed.
+        speed_range: ``(low, high)`` speed factors, ``0 < low <= 1 <= high`` (None: off).
     """
 
     def __init__(
@@ -137,9 +148,16 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
         segment_samples: int = 4000,
         dequantize: bool = True,
         seed: int = 0,
+        speed_range: tuple[float, float] | None = None,
     ) -> None:
         self.corpus = PreparedCorpus(root)
         hop = self.corpus.hop_length
+        if speed_range is not None and not 0 < speed_range[0] <= 1 <= speed_range[1]:
+            raise ValueError(f"speed_range must satisfy 0 < low <= 1 <= high, got {speed_range}")
+        self.speed_range = speed_range
+        # hops of real context each side of a resampled segment (the front end's half window)
+        self._margin_hops = -(-(self.corpus.mel_config.n_fft // 2) // hop)
+        self._front_end: MelFrontEnd | None = None
         if segment_samples <= 0 or segment_samples % hop:
             raise ValueError(
                 f"segment_samples={segment_samples} must be a positive multiple of hop_length {hop}"
@@ -173,8 +191,13 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
         row = self.rows[min(choice, len(self.rows) - 1)]
         last_start = (row["num_samples"] - self.segment_samples) // self.corpus.hop_length
         start_frame = int(rng.integers(0, last_start + 1))
-        audio, mel = self.corpus.load_span(row, start_frame, self.segment_hops)
-        waveform = from_int16(audio)
+        speed = self._speed(rng)
+        perturbed = self._perturbed(row, speed, rng) if speed != 1 else None
+        if perturbed is not None:
+            waveform, mel = perturbed
+        else:
+            audio, mel = self.corpus.load_span(row, start_frame, self.segment_hops)
+            waveform = from_int16(audio)
         if self.dequantize:
             noise = rng.random(self.segment_samples, dtype=np.float32) - 0.5
             waveform = waveform + torch.from_numpy(noise) * QUANTIZATION_STEP
@@ -183,6 +206,42 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
             "mel": mel,
             "speaker": torch.tensor(row["speaker_id"], dtype=torch.long),
         }
+
+    SPEED_STEPS = 50  # speeds are multiples of 1/50: resampling 50 f -> 50 (small kernels)
+
+    def _speed(self, rng: np.random.Generator) -> float:
+        if self.speed_range is None:
+            return 1.0
+        low, high = self.speed_range
+        drawn = math.exp(rng.uniform(math.log(low), math.log(high)))
+        return round(drawn * self.SPEED_STEPS) / self.SPEED_STEPS
+
+    def _perturbed(
+        self, row: dict[str, Any], speed: float, rng: np.random.Generator
+    ) -> tuple[Tensor, Tensor] | None:
+        """A segment of ``row`` played at ``speed`` and its mel, or None if ``row`` is too short."""
+        hop = self.corpus.hop_length
+        margin = self._margin_hops * hop
+        wanted = self.segment_samples + 2 * margin  # output samples, context included
+        source_rate = round(speed * self.SPEED_STEPS)
+        # input samples: the output's span times the speed, plus the resampler's own edges
+        needed_hops = -(-math.ceil(wanted * speed) // hop) + 2
+        if needed_hops * hop > row["num_samples"]:
+            return None
+        start_frame = int(rng.integers(0, row["num_samples"] // hop - needed_hops + 1))
+        audio, _ = self.corpus.load_span(row, start_frame, needed_hops)
+        played = torchaudio.functional.resample(
+            from_int16(audio), source_rate, self.SPEED_STEPS
+        )
+        offset = (played.shape[0] - wanted) // 2
+        played = played[offset : offset + wanted]
+        if self._front_end is None:
+            self._front_end = MelFrontEnd(self.corpus.mel_config)
+        with torch.no_grad():
+            mel = self._front_end(played[None])[0]
+        frames = slice(self._margin_hops, self._margin_hops + self.segment_hops + 1)
+        segment = played[margin : margin + self.segment_samples].contiguous()
+        return segment, mel[:, frames].contiguous()
 
 
 class UtteranceDataset(Dataset[dict[str, Any]]):

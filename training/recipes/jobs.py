@@ -86,6 +86,7 @@ def _run(
             segment_samples=preset.segment_samples(job),
             dequantize=preset.data.dequantize,
             seed=loop.seed,
+            speed_range=preset.prior_training.speed_range if job == "prior" else None,
         )
 
         def batches(start: int) -> object:

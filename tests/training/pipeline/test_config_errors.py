@@ -36,6 +36,10 @@ CASES = {
         ["--set", "student.upsampler.channels=16"],
         "student.upsampler must equal teacher.upsampler",
     ),
+    "speed range without 1": (
+        ["--set", "prior_training.speed_range=[1.1,1.3]"],
+        "speed_range must satisfy 0 < low <= 1 <= high",
+    ),
     "unknown preset": (["--preset", "nope"], NO_PRESET),
     "override without =": (["--set", "teacher_training.loop.steps"], "is not KEY=VALUE"),
     "override with an empty key": (["--set", "=3"], "override '=3' has an empty key"),
