@@ -10,8 +10,10 @@ layout) on a free loopback port and stops it at the end; with ``--url`` the serv
 this machine (loopback only). The clients run in this process, on the same cores as the
 server: their CPU time is measured and taken out (``audio_seconds_per_second_adjusted`` =
 audio / (elapsed - client CPU / cores)), and compared with ``raw_batched``, the model alone
-generating batches of the same prompts (prepared beforehand) with every core, measured just
-before and after the levels in the same run. ``resynthesize`` (the default) uploads real
+generating batches of the same prompts from their mels (each request's context prepared as the
+service does, the student as ``make bench`` times it) with every core, measured just before
+and after the levels in the same run; ``raw_flows_only`` (requests prepared beforehand, the
+flows' batched pass alone) is reported beside it. ``resynthesize`` (the default) uploads real
 speech prompts of 1-2.5 s (``--prompts``, default the test fixtures; a synthetic voice if
 absent); ``vocode`` sends ``--clip-s`` of mel as base64 ``.npy``.
 """
@@ -54,39 +56,57 @@ logger = logging.getLogger("distilwave.loadtest")
 # --------------------------------------------------------------------- the model alone
 
 
-def prepared(vocoder: Vocoder, clips: list[np.ndarray], clip_s: float) -> list[Prepared]:
+def sources(vocoder: Vocoder, clips: list[np.ndarray], clip_s: float) -> list[dict[str, Any]]:
+    """What each prompt gives the model: its mel (computed beforehand at the bundle's loudness,
+    the service's decode / resample / loudness / mel are not the model's), or a length."""
     if vocoder.conditional:
-        return [vocoder.request(waveform=c, temperature=1.0, seed=i) for i, c in enumerate(clips)]
-    samples = int(clip_s * vocoder.sample_rate)
-    return [vocoder.request(num_samples=samples, temperature=1.0, seed=0)]
+        return [{"mel": vocoder.features(c)[0][0, :, :-1]} for c in clips]
+    return [{"num_samples": int(clip_s * vocoder.sample_rate)}]
 
 
 def raw_speed(
     vocoder: Vocoder,
-    requests: list[Prepared],
+    inputs: list[dict[str, Any]],
     batch: int,
     threads: int,
     per_thread: int,
     budget_s: float,
+    from_mel: bool = True,
 ) -> dict[str, float]:
     """Audio seconds per second of the model alone: ``threads`` threads (``per_thread`` torch
-    threads each) generating batches of ``batch`` copies of one prompt (no padding), going
-    through the prompts until ``budget_s`` has passed."""
+    threads each) generating batches of ``batch`` requests of one prompt (no padding), going
+    through the prompts until ``budget_s`` has passed.
+
+    ``from_mel``: each request is prepared from its mel inside the timing, one by one as the
+    service does (context: pitch, linear prediction, the prior h; noise) and the batch generated
+    in one pass, the student as ``make bench`` times it. Otherwise requests are prepared
+    beforehand and only the flows' batched pass is timed."""
     generated = [0] * threads
+    ready = [vocoder.request(**source, temperature=1.0, seed=0) for source in inputs]
+
+    def one_batch(turn: int) -> int:
+        if not from_mel:
+            request = ready[turn % len(ready)]
+            vocoder.run([request] * batch)
+            return batch * request.length
+        source = inputs[turn % len(inputs)]
+        requests = [
+            vocoder.request(**source, temperature=1.0, seed=turn * batch + k) for k in range(batch)
+        ]
+        vocoder.run(requests)
+        return sum(r.length for r in requests)
 
     def work(index: int) -> None:
         torch.set_num_threads(per_thread)
         with torch.inference_mode():
             turn = index
             while time.perf_counter() < stop:
-                request = requests[turn % len(requests)]
-                vocoder.run([request] * batch)
-                generated[index] += batch * request.length
+                generated[index] += one_batch(turn)
                 turn += 1
 
     torch.set_num_threads(per_thread)
     with torch.inference_mode():
-        vocoder.run([requests[0]] * batch)  # first-call allocations
+        one_batch(0)  # first-call allocations
     started, cpu = time.perf_counter(), cpu_seconds()
     stop = started + budget_s
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -102,6 +122,7 @@ def raw_speed(
         "batch": batch,
         "threads": threads,
         "torch_threads": per_thread,
+        "from_mel": from_mel,
         "seconds": elapsed,
     }
 
@@ -190,14 +211,18 @@ def stage_costs(bundle: Bundle, vocoder: Vocoder, clips: list[np.ndarray]) -> di
 
 
 def best_raw(
-    vocoder: Vocoder, requests: list[Prepared], settings: Settings, budget_s: float
+    vocoder: Vocoder,
+    inputs: list[dict[str, Any]],
+    settings: Settings,
+    budget_s: float,
+    from_mel: bool = True,
 ) -> dict[str, Any]:
     """The model's batched speed on this machine: the service's layout (inference threads of
     one torch thread) and one thread with every core intra-op, the better of the two."""
     cores, batch = settings.cores(), settings.max_batch
     layouts = {
-        "threads": raw_speed(vocoder, requests, batch, cores, 1, budget_s),
-        "intra_op": raw_speed(vocoder, requests, batch, 1, cores, budget_s),
+        "threads": raw_speed(vocoder, inputs, batch, cores, 1, budget_s, from_mel),
+        "intra_op": raw_speed(vocoder, inputs, batch, 1, cores, budget_s, from_mel),
     }
     best = max(layouts.values(), key=lambda x: x["audio_seconds_per_second"])
     return {"best_audio_seconds_per_second": best["audio_seconds_per_second"], **layouts}
@@ -325,11 +350,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     vocoder = Vocoder(bundle, exact=args.exact)
     clips = prompts(bundle, args.prompts)
     requests = requests_for(bundle, args.route, clips, args.clip_s)
-    model_inputs = prepared(vocoder, clips, args.clip_s)
-    raw1 = raw_batch1(vocoder, model_inputs[0])
+    model_inputs = sources(vocoder, clips, args.clip_s)
+    raw1 = raw_batch1(vocoder, vocoder.request(**model_inputs[0], temperature=1.0, seed=0))
     stages = stage_costs(bundle, vocoder, clips) if bundle.config.conditional else {}
     loads = [list(os.getloadavg())]
     before = best_raw(vocoder, model_inputs, settings, args.raw_seconds)
+    flows_before = best_raw(vocoder, model_inputs, settings, args.raw_seconds, from_mel=False)
     with contextlib.ExitStack() as stack:
         if args.url:
             url, pid = args.url, None
@@ -337,10 +363,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             url, pid = stack.enter_context(own_server(args.bundle, server_env(args)))
         levels = asyncio.run(levels_of(url, requests, pid, args))
     after = best_raw(vocoder, model_inputs, settings, args.raw_seconds)
+    flows_after = best_raw(vocoder, model_inputs, settings, args.raw_seconds, from_mel=False)
     loads.append(list(os.getloadavg()))
     raw = (before["best_audio_seconds_per_second"] + after["best_audio_seconds_per_second"]) / 2
+    flows = (
+        flows_before["best_audio_seconds_per_second"] + flows_after["best_audio_seconds_per_second"]
+    ) / 2
     for level in levels:
         level["ratio_to_raw_batched"] = level["audio_seconds_per_second_adjusted"] / raw
+        level["ratio_to_flows_only"] = level["audio_seconds_per_second_adjusted"] / flows
     by_clients = {level["concurrency"]: level for level in levels}
     adjusted = {c: level["audio_seconds_per_second_adjusted"] for c, level in by_clients.items()}
     return {
@@ -354,7 +385,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "server": None if args.url else server_env(args),
         "raw_batch1": raw1,
         "stage_cpu_ms_per_audio_second": stages,
+        # the target's reference: the student from the mel, as `make bench` times it
         "raw_batched": {"before": before, "after": after, "audio_seconds_per_second": raw},
+        # the flows' batched pass alone, requests prepared beforehand (no pitch, LPC, prior)
+        "raw_flows_only": {
+            "before": flows_before,
+            "after": flows_after,
+            "audio_seconds_per_second": flows,
+        },
         "levels": levels,
         "targets": {
             "ratio_at_16": by_clients[16]["ratio_to_raw_batched"] if 16 in by_clients else None,

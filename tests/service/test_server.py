@@ -188,7 +188,9 @@ def test_loadtest_reports_levels_and_raw_speed(uvicorn_server, bundles, tmp_path
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["raw_batch1"]["times_real_time"] > 0
-    assert report["raw_batched"]["audio_seconds_per_second"] > 0
+    raw, flows = report["raw_batched"], report["raw_flows_only"]
+    assert raw["before"]["threads"]["from_mel"] and not flows["before"]["threads"]["from_mel"]
+    assert raw["audio_seconds_per_second"] > 0 and flows["audio_seconds_per_second"] > 0
     assert {"mel", "pitch_and_source", "generate_batch1"} <= set(
         report["stage_cpu_ms_per_audio_second"]
     ) or "lpc" in report["stage_cpu_ms_per_audio_second"]
@@ -199,7 +201,7 @@ def test_loadtest_reports_levels_and_raw_speed(uvicorn_server, bundles, tmp_path
         assert level["audio_seconds_per_second"] == pytest.approx(level["throughput_rps"] * 0.5)
         assert level["client_cpu_seconds"] > 0
         assert level["audio_seconds_per_second_adjusted"] >= level["audio_seconds_per_second"]
-        assert level["ratio_to_raw_batched"] > 0
+        assert level["ratio_to_raw_batched"] > 0 and level["ratio_to_flows_only"] > 0
     assert report["targets"]["rising_1_to_4"] is None  # no 4-client level here
     with pytest.raises(SystemExit):
         loadtest.main(["--bundle", str(bundles["cond"]), "--url", "http://192.0.2.1:8000"])
