@@ -1,6 +1,7 @@
 """Voices the training corpus does not hold, through the public API, beside Griffin-Lim.
 
     python -m benchmarks.generalisation --bundle runs/<run>/bundle [--out FILE.json]
+        [--data runs/<run>/data] [--recordings DIR [DIR ...]]
 
 Sets (each file resynthesised by ``distilwave.load(bundle).resynthesize`` and by Griffin-Lim
 from the bundle's own mel of it, both scored against the file itself):
@@ -11,7 +12,9 @@ from the bundle's own mel of it, both scored against the file itself):
   (librosa), a lower and a higher voice than the corpus's;
 - with ``--data`` (a prepared corpus): ``test`` (its held-out test split as it is, for
   reference) and ``test_pitch_down`` / ``test_pitch_up`` (the same files shifted): the
-  fixtures come from the default corpus, the test split was never trained on.
+  fixtures come from the default corpus, the test split was never trained on;
+- with ``--recordings``: each folder of your own recordings (WAV / FLAC, any rate, the first
+  6 s of each of up to 12 files) is a set named after the folder.
 
 Writes a JSON report (per set: files, mean PESQ-NB / LSD / STOI / MCD of both systems and
 the difference) into benchmarks/results/.
@@ -94,6 +97,18 @@ def test_split_sets(data: Path, rate: int) -> dict[str, list[tuple[str, np.ndarr
     return sets
 
 
+def recordings_set(folder: Path, rate: int) -> list[tuple[str, np.ndarray]]:
+    """Up to 12 recordings of a folder (WAV or FLAC, any rate), in name order."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".wav", ".flac"})
+    if not paths:
+        raise SystemExit(f"{folder} holds no .wav or .flac recordings")
+    clips = []
+    for path in paths[:12]:
+        audio, source_rate = sf.read(path, dtype="float32")
+        clips.append((path.stem, _at(audio, source_rate, rate)))
+    return clips
+
+
 def _shift(audio: np.ndarray, rate: int, semitones: float) -> np.ndarray:
     return librosa.effects.pitch_shift(audio, sr=rate, n_steps=semitones).astype(np.float32)
 
@@ -137,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=None, help="prepared corpus: its test split")
+    parser.add_argument(
+        "--recordings", type=Path, nargs="+", default=[], help="folders of your recordings"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     vocoder = load(args.bundle)
@@ -145,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     sets.update({name: shifted_set(rate, semitones) for name, semitones in SHIFTS.items()})
     if args.data is not None:
         sets.update(test_split_sets(args.data, rate))
+    for folder in args.recordings:
+        sets[folder.name] = recordings_set(folder, rate)
     started = time.perf_counter()
     report = {
         "machine": machine(),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,3 +138,28 @@ def test_render_markdown_without_optional_sections() -> None:
     }
     text = render_markdown(report)
     assert "untrained" in text and "no prepared corpus" in text
+
+
+def test_generalisation_reads_a_folder_of_recordings_at_the_bundle_rate(tmp_path):
+    """`--recordings DIR`: every WAV / FLAC of a folder, any rate and channels, becomes a mono
+    clip at the bundle's rate, cut to the benchmark's 6 s; a folder without audio is refused."""
+    import soundfile as sf
+
+    from benchmarks.generalisation import MAX_SECONDS, recordings_set
+
+    folder = tmp_path / "my-voice"
+    (folder / "sub").mkdir(parents=True)
+    t = np.arange(16_000 * 8) / 16_000
+    sf.write(folder / "a.wav", (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32), 16_000)
+    stereo = np.stack([np.sin(2 * np.pi * 220 * t[:22_050]), np.zeros(22_050)], axis=1) * 0.3
+    sf.write(folder / "sub" / "b.flac", stereo.astype(np.float32), 22_050)
+    (folder / "notes.txt").write_text("not audio")
+    clips = recordings_set(folder, 8000)
+    assert [name for name, _ in clips] == ["a", "b"]
+    assert clips[0][1].shape == (int(MAX_SECONDS * 8000),)
+    assert clips[1][1].shape == (8000,) and clips[1][1].dtype == np.float32
+    assert np.abs(clips[1][1]).max() == pytest.approx(0.15, abs=0.01)  # mean of the channels
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="no .wav or .flac"):
+        recordings_set(empty, 8000)
