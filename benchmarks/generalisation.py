@@ -16,8 +16,8 @@ from the bundle's own mel of it, both scored against the file itself):
 - with ``--recordings``: each folder of your own recordings (WAV / FLAC, any rate, the first
   6 s of each of up to 12 files) is a set named after the folder.
 
-Writes a JSON report (per set: files, mean PESQ-NB / LSD / STOI / MCD of both systems and
-the difference) into benchmarks/results/.
+Writes a JSON report (per set: files, mean PESQ-NB / LSD / STOI / MCD of both systems, of the
+prior h(mel) alone when the bundle has one, and the difference) into benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -126,9 +126,15 @@ def score(vocoder: Vocoder, clips: list[tuple[str, np.ndarray]], seed: int) -> d
     rate = vocoder.sample_rate
     rows: dict[str, list[dict[str, float]]] = {"vocoder": [], "griffin_lim": []}
     convention = vocoder.audio
+    prior = vocoder.student.prior
     for _, audio in clips:
         out = vocoder.resynthesize(audio, rate, seed=seed)
         rows["vocoder"].append(all_metrics(audio, out, rate))
+        if prior is not None:  # the prior h(mel) alone, at the input's level like the vocoder
+            features, length, gain = vocoder.features(audio)
+            with torch.inference_mode():
+                alone = prior(features)[0, :length].float().numpy() / gain
+            rows.setdefault("prior", []).append(all_metrics(audio, alone, rate))
         scaled, _ = normalize_loudness(
             torch.from_numpy(audio), rate, convention.loudness_lufs, convention.peak_limit
         )
@@ -181,6 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         print(  # noqa: T201
             f"{name:<11} {len(result['files'])} files  PESQ-NB {voc['pesq']:.2f} vs Griffin-Lim "
             f"{gl['pesq']:.2f}  LSD {voc['lsd_db']:.2f} vs {gl['lsd_db']:.2f} dB"
+            + (
+                f"  (prior alone PESQ-NB {result['prior']['pesq']:.2f})"
+                if "prior" in result
+                else ""
+            )
         )
     print(f"results: {out}")  # noqa: T201
 
