@@ -58,10 +58,19 @@ def service(
         return result
 
 
-def generalisation_section(models: Models, quick: bool, data: Path | None) -> dict[str, Any]:
-    """Voices the corpus lacks (espeak-ng, pitch-shifted fixtures and, with a prepared corpus,
-    its pitch-shifted test split) against Griffin-Lim."""
-    from benchmarks.generalisation import SHIFTS, espeak_set, score, shifted_set, test_split_sets
+def generalisation_section(
+    models: Models, quick: bool, data: Path | None, recordings: list[Path] | None = None
+) -> dict[str, Any]:
+    """Voices the corpus lacks (espeak-ng, pitch-shifted fixtures, with a prepared corpus its
+    pitch-shifted test split, and folders of your own recordings) against Griffin-Lim."""
+    from benchmarks.generalisation import (
+        SHIFTS,
+        espeak_set,
+        recordings_set,
+        score,
+        shifted_set,
+        test_split_sets,
+    )
 
     if not models.trained:
         return {"skipped": "an untrained student: quality means nothing (run `make demo`)"}
@@ -75,6 +84,8 @@ def generalisation_section(models: Models, quick: bool, data: Path | None) -> di
         sets_note = ""
     if data is not None and (data / "manifest.jsonl").is_file():
         sets.update(test_split_sets(data, rate))
+    for folder in recordings or []:
+        sets[folder.name] = recordings_set(folder, rate)
     if quick:
         sets = {name: clips[:2] for name, clips in sets.items()}
     result: dict[str, Any] = {name: score(models.vocoder, clips, 0) for name, clips in sets.items()}
@@ -94,6 +105,7 @@ def run_benchmarks(
     chunk: int,
     threads: int,
     teacher_threads: int,
+    recordings: list[Path] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Run the chosen sections; write the JSON report and return it with its path."""
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -135,7 +147,7 @@ def run_benchmarks(
             report["scaling"] = scaling(models, audio, scale, runs)
         if "generalisation" in chosen:
             report["generalisation"] = generalisation_section(
-                models, quick, data or newest("*/data")
+                models, quick, data or newest("*/data"), recordings
             )
         if "training" in chosen:
             report["training"] = training_section(

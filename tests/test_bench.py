@@ -163,3 +163,13 @@ def test_generalisation_reads_a_folder_of_recordings_at_the_bundle_rate(tmp_path
     empty.mkdir()
     with pytest.raises(SystemExit, match="no .wav or .flac"):
         recordings_set(empty, 8000)
+    # the CLI refuses such a folder before loading anything: one line, non-zero exit
+    done = subprocess.run(
+        [sys.executable, "-m", "distilwave", "bench", "--sections", "generalisation",
+         "--recordings", str(empty)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"distilwave: error: --recordings {empty}: not a folder of .wav or .flac recordings"
+    ]

@@ -9,6 +9,7 @@ import typer
 
 from benchmarks.report import render_markdown
 from benchmarks.run import SECTIONS, run_benchmarks
+from models.errors import UserError
 from models.inference import DEFAULT_CHUNK
 
 
@@ -39,16 +40,27 @@ def bench_command(
     teacher_threads: Annotated[
         int, typer.Option("--teacher-threads", help="threads for teacher sampling (0: --threads)")
     ] = 1,
+    recordings: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--recordings", help="a folder of your recordings (WAV/FLAC): a generalisation set"
+        ),
+    ] = None,
 ) -> None:
     """Benchmark student, teacher and Griffin-Lim side by side; write JSON, print a table.
 
     Without --bundle/--teacher it uses the newest runs/*/bundle and runs/*/teacher, or
     untrained models of the preset's shapes (marked "untrained (timing only)").
     """
+    for folder in recordings or []:
+        if not folder.is_dir() or not any(
+            p.suffix.lower() in {".wav", ".flac"} for p in folder.rglob("*")
+        ):
+            raise UserError(f"--recordings {folder}: not a folder of .wav or .flac recordings")
     report, path = run_benchmarks(
         bundle, teacher, data, preset, out,
         [s.strip() for s in sections.split(",") if s.strip()],
-        quick, chunk, threads, teacher_threads,
+        quick, chunk, threads, teacher_threads, recordings,
     )  # fmt: skip
     typer.echo(render_markdown(report))
     typer.echo(f"\nresults: {path}")

@@ -192,6 +192,8 @@ def evaluate(
         sf.write(out_dir / "audio" / f"{clip_id}_clip_{name}.wav", np.clip(audio, -1, 1), rate)
     fig = spectrogram_figure(
         {"real": first["real"], "teacher (autoregressive, T = 1)": first["teacher"],
+         **({f"teacher (autoregressive, T = {cfg.temperature:g})": first["teacher_served"]}
+            if "teacher_served" in first else {}),
          "student": first["student"], "Griffin-Lim": first["griffin_lim"]},
         rate,
         title=f"{items[0]['id']} (first {clips['seconds_per_clip']:.2f} s)",

@@ -3,8 +3,9 @@
 The teacher samples autoregressively (slow by nature), so it is scored on short clips: the
 first ``evaluation.teacher_sample_seconds`` (at least 0.3 s, what the metrics need) of the
 first ``evaluation.teacher_clips`` test utterances, all in one batch, at temperature 1 (the
-distribution the student is taught). The student (at the bundle's temperature) and
-Griffin-Lim are scored on the same clips beside it.
+distribution the student is taught) and, when the bundle serves another temperature, at
+that one too (``teacher_served``: at 0 the teacher's mean path, ``x_t = mu_t(x_<t, c)``). The
+student (at the bundle's temperature) and Griffin-Lim are scored on the same clips beside it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def teacher_clips(
     started = time.perf_counter()
     sampled = teacher.sample(context, generator=generator).float().numpy()
     elapsed = time.perf_counter() - started
+    served = None
+    if cfg.temperature != 1.0:
+        served = teacher.sample(context, cfg.temperature, generator=generator).float().numpy()
     s_context = model_context(student, mel, speaker, steps)
     noise = student.draw_noise(s_context, cfg.temperature, generator)
     fake = student.generate(s_context, noise=noise).float().numpy()
@@ -61,6 +65,8 @@ def teacher_clips(
         "student": list(fake),
         "griffin_lim": [griffin_lim(m, preset.mel, cfg.griffin_lim_iters) for m in mel],
     }
+    if served is not None:
+        outputs["teacher_served"] = list(served)
     scores = {
         name: _mean([all_metrics(r, o, rate) for r, o in zip(real, audio, strict=True)])
         for name, audio in outputs.items()
@@ -68,7 +74,11 @@ def teacher_clips(
     return {
         "clips": len(chosen),
         "seconds_per_clip": steps / rate,
-        "temperature": {"teacher": 1.0, "student": cfg.temperature},
+        "temperature": {
+            "teacher": 1.0,
+            "student": cfg.temperature,
+            **({"teacher_served": cfg.temperature} if served is not None else {}),
+        },
         "metrics": scores,
         "first_clip": {"real": real[0], **{name: audio[0] for name, audio in outputs.items()}},
         "speed": {

@@ -7,8 +7,12 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from models.bundle import load_bundle
 from tests.training.pipeline.support import FIXTURE_CORPUS, step_files
+from training.data.dataset import UtteranceDataset
 
 STEPS = ["fetch", "prepare", "prior", "teacher", "student", "evaluate", "export"]
 METRICS = {"lsd_db", "mr_stft", "mcd_db", "pesq", "stoi"}
@@ -131,3 +135,29 @@ def test_pipeline_into_a_used_run_dir_without_resume_is_a_one_line_error(smoke, 
     assert result.stderr.strip().splitlines() == [
         f"distilwave: error: {run} already holds a pipeline run: pass --resume or another --run-dir"
     ]
+
+
+def test_teacher_clips_also_sample_the_teacher_at_the_served_temperature(smoke):
+    """At a served temperature other than 1 the teacher is sampled there too: at 0 its mean
+    path, deterministic whatever the generator, beside its temperature-1 samples."""
+    from training.evaluation.teacher_samples import teacher_clips
+    from training.recipes.common import load_student, load_teacher
+
+    cpu = torch.device("cpu")
+    teacher = load_teacher(smoke.teacher, cpu).eval()
+    student, preset, _ = load_student(smoke.student, cpu)
+    items = [UtteranceDataset(smoke.data, "test", max_seconds=1.0, limit=2)[i] for i in range(2)]
+    preset = preset.model_copy(
+        update={"evaluation": preset.evaluation.model_copy(update={"temperature": 0.0})}
+    )
+    runs = [
+        teacher_clips(preset, teacher, student.eval(), items, torch.Generator().manual_seed(s))
+        for s in (0, 1)
+    ]
+    for clips in runs:
+        assert set(clips["metrics"]) == {"teacher", "teacher_served", "student", "griffin_lim"}
+        assert clips["temperature"] == {"teacher": 1.0, "student": 0.0, "teacher_served": 0.0}
+    first, second = (run["first_clip"] for run in runs)
+    assert np.array_equal(first["teacher_served"], second["teacher_served"])
+    assert not np.array_equal(first["teacher"], second["teacher"])
+    assert not np.array_equal(first["teacher_served"], first["teacher"])
