@@ -146,7 +146,9 @@ def test_teacher_clips_also_sample_the_teacher_at_the_served_temperature(smoke):
     cpu = torch.device("cpu")
     teacher = load_teacher(smoke.teacher, cpu).eval()
     student, preset, _ = load_student(smoke.student, cpu)
-    items = [UtteranceDataset(smoke.data, "test", max_seconds=1.0, limit=2)[i] for i in range(2)]
+    test = UtteranceDataset(smoke.data, "test", max_seconds=1.0, limit=2)
+    items = [test[i] for i in range(len(test))]
+    assert items
     preset = preset.model_copy(
         update={"evaluation": preset.evaluation.model_copy(update={"temperature": 0.0})}
     )
