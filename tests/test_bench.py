@@ -173,3 +173,39 @@ def test_generalisation_reads_a_folder_of_recordings_at_the_bundle_rate(tmp_path
     assert done.stderr.strip().splitlines() == [
         f"distilwave: error: --recordings {empty}: not a folder of .wav or .flac recordings"
     ]
+
+
+def test_prior_halves_recombines_the_prior_with_the_real_spectrum() -> None:
+    """benchmarks.prior_halves: every recombination spans the prior's frames; its "prior" row is
+    the prior's own output; with the real audio's own spectrum in place of the prior's phase
+    and magnitude, the true-phase and true-magnitude rows become the real audio."""
+    from benchmarks.prior_halves import recombinations
+    from models.config import MelConfig, PriorConfig
+    from models.mel import MelFrontEnd
+    from models.prior import MelInversionPrior
+
+    mel_config = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=20)
+    prior = MelInversionPrior(
+        PriorConfig(enabled=True, n_fft=256, channels=8, layers=2), mel_config
+    )
+    prior = prior.double().eval()
+    real = torch.randn(64 * 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mel = MelFrontEnd(mel_config).double()(real[None])[0]
+    with torch.no_grad():
+        out = recombinations(prior, mel, real)
+        assert set(out) == {
+            "prior",
+            "prior_magnitude_true_phase",
+            "true_magnitude_prior_phase",
+            "prior_magnitude_griffin_lim_32_from_prior_phase",
+        }
+        assert all(w.shape == (64 * 20,) and bool(torch.isfinite(w).all()) for w in out.values())
+        torch.testing.assert_close(out["prior"], prior(mel[None])[0])
+        # a "prior" whose spectrum is the real one: both recombinations give back the real audio
+        window = prior.window
+        true = torch.stft(real, 256, 64, window=window, center=True, return_complex=True)
+        prior.spectrum = lambda _m: (true[None], true.abs().log()[None])  # type: ignore[method-assign]
+        again = recombinations(prior, mel, real)
+    inner = slice(128, -128)  # away from the edges the centred frames pad
+    for name in ("prior_magnitude_true_phase", "true_magnitude_prior_phase"):
+        torch.testing.assert_close(again[name][inner], real[inner], atol=1e-9, rtol=0)
