@@ -97,9 +97,17 @@ def test_split_sets(data: Path, rate: int) -> dict[str, list[tuple[str, np.ndarr
     return sets
 
 
+RECORDINGS = (".wav", ".flac")
+
+
+def recording_paths(folder: Path) -> list[Path]:
+    """The WAV and FLAC files under ``folder``, in name order (none if it is not a folder)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in RECORDINGS)
+
+
 def recordings_set(folder: Path, rate: int) -> list[tuple[str, np.ndarray]]:
     """Up to 12 recordings of a folder (WAV or FLAC, any rate), in name order."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".wav", ".flac"})
+    paths = recording_paths(folder)
     if not paths:
         raise SystemExit(f"{folder} holds no .wav or .flac recordings")
     clips = []

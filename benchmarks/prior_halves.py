@@ -36,8 +36,8 @@ def recombinations(prior: MelInversionPrior, mel: Tensor, real: Tensor) -> dict[
     def stft(x: Tensor) -> Tensor:
         return torch.stft(x, n_fft, hop, window=window, center=True, return_complex=True)
 
-    def istft(spectrum: Tensor, length: int) -> Tensor:
-        return torch.istft(spectrum, n_fft, hop, window=window, center=True, length=length)
+    def istft(spectrum: Tensor) -> Tensor:  # the prior's own head: (M - 1) hop samples
+        return prior.waveform(spectrum[None])[0]
 
     spectrum, _ = prior.spectrum(mel[None])
     spectrum = spectrum[0]
@@ -48,13 +48,13 @@ def recombinations(prior: MelInversionPrior, mel: Tensor, real: Tensor) -> dict[
     magnitude = spectrum.abs()
     iterated = magnitude * own_phase
     for _ in range(32):
-        again = stft(istft(iterated, length))
+        again = stft(istft(iterated))
         iterated = magnitude * again / again.abs().clamp_min(1e-8)
     return {
-        "prior": istft(spectrum, length),
-        "prior_magnitude_true_phase": istft(magnitude * true_phase, length),
-        "true_magnitude_prior_phase": istft(target.abs() * own_phase, length),
-        "prior_magnitude_griffin_lim_32_from_prior_phase": istft(iterated, length),
+        "prior": istft(spectrum),
+        "prior_magnitude_true_phase": istft(magnitude * true_phase),
+        "true_magnitude_prior_phase": istft(target.abs() * own_phase),
+        "prior_magnitude_griffin_lim_32_from_prior_phase": istft(iterated),
     }
 
 

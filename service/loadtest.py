@@ -82,7 +82,7 @@ def raw_speed(
     in one pass, the student as ``make bench`` times it. Otherwise requests are prepared
     beforehand and only the flows' batched pass is timed."""
     generated = [0] * threads
-    ready = [vocoder.request(**source, temperature=1.0, seed=0) for source in inputs]
+    ready = [] if from_mel else [vocoder.request(**s, temperature=1.0, seed=0) for s in inputs]
 
     def one_batch(turn: int) -> int:
         if not from_mel:

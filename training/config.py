@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from models.config import MelConfig, StrictModel, StudentConfig, TeacherConfig
 from models.errors import UserError
+from training.data.dataset import check_speed_range
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 Job = Literal["prior", "teacher", "student"]
@@ -118,10 +119,7 @@ class PriorTrainingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_speed(self) -> Self:
-        if self.speed_range is not None and not 0 < self.speed_range[0] <= 1 <= self.speed_range[1]:
-            raise ValueError(
-                f"speed_range must satisfy 0 < low <= 1 <= high, got {self.speed_range}"
-            )
+        check_speed_range(self.speed_range)
         return self
 
 

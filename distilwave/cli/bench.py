@@ -52,10 +52,10 @@ def bench_command(
     Without --bundle/--teacher it uses the newest runs/*/bundle and runs/*/teacher, or
     untrained models of the preset's shapes (marked "untrained (timing only)").
     """
+    from benchmarks.generalisation import recording_paths
+
     for folder in recordings or []:
-        if not folder.is_dir() or not any(
-            p.suffix.lower() in {".wav", ".flac"} for p in folder.rglob("*")
-        ):
+        if not recording_paths(folder):
             raise UserError(f"--recordings {folder}: not a folder of .wav or .flac recordings")
     report, path = run_benchmarks(
         bundle, teacher, data, preset, out,

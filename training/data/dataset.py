@@ -28,6 +28,12 @@ from training.data.split import SPLITS
 QUANTIZATION_STEP = 2.0**-15  # one int16 step on [-1, 1)
 
 
+def check_speed_range(speed_range: tuple[float, float] | None) -> None:
+    """``ValueError`` unless ``speed_range`` is None or ``0 < low <= 1 <= high``."""
+    if speed_range is not None and not 0 < speed_range[0] <= 1 <= speed_range[1]:
+        raise ValueError(f"speed_range must satisfy 0 < low <= 1 <= high, got {speed_range}")
+
+
 class PreparedCorpus:
     """Read access to a prepared directory.
 
@@ -152,8 +158,7 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
     ) -> None:
         self.corpus = PreparedCorpus(root)
         hop = self.corpus.hop_length
-        if speed_range is not None and not 0 < speed_range[0] <= 1 <= speed_range[1]:
-            raise ValueError(f"speed_range must satisfy 0 < low <= 1 <= high, got {speed_range}")
+        check_speed_range(speed_range)
         self.speed_range = speed_range
         # hops of real context each side of a resampled segment (the front end's half window)
         self._margin_hops = -(-(self.corpus.mel_config.n_fft // 2) // hop)
