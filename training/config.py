@@ -86,6 +86,11 @@ class DistillationConfig(StrictModel):
     log_scale_weight: float = Field(4.0, ge=0)
     stft_weight: float = Field(1.0, ge=0)
     stft_ffts: tuple[int, ...] = (512, 256, 128)
+    mel_scales: tuple[tuple[int, int], ...] = Field(
+        (),
+        description="more (n_fft, n_mels) scales for the mel L1, hop n_fft / 4, averaged with "
+        "the front end's (DAC's multi-scale mel loss); empty: the front end's mel only",
+    )
     mean_stft_weight: float = Field(
         0.0, ge=0, description="MR-STFT of the student's T = 0 output (its deterministic path)"
     )
@@ -103,6 +108,11 @@ class PriorTrainingConfig(StrictModel):
     mel_weight: float = Field(45.0, ge=0, description="L1 of the natural-log mel")
     stft_weight: float = Field(1.0, ge=0)
     stft_ffts: tuple[int, ...] = (512, 256, 128)
+    mel_scales: tuple[tuple[int, int], ...] = Field(
+        (),
+        description="more (n_fft, n_mels) scales for the mel L1, hop n_fft / 4, averaged with "
+        "the front end's (DAC's multi-scale mel loss); empty: the front end's mel only",
+    )
     magnitude_weight: float = Field(0.0, ge=0, description="L2 of the head's log-magnitude")
     phase_weight: float = Field(0.0, ge=0, description="APNet's anti-wrapped phase losses")
     phase_terms: tuple[Literal["instantaneous", "group_delay", "angular_frequency"], ...] = (
@@ -120,6 +130,12 @@ class PriorTrainingConfig(StrictModel):
     @model_validator(mode="after")
     def _check_speed(self) -> Self:
         check_speed_range(self.speed_range)
+        for n_fft, n_mels in self.mel_scales:
+            if n_fft < 16 or not 1 <= n_mels <= n_fft // 2 + 1:
+                raise ValueError(
+                    f"prior_training.mel_scales: ({n_fft}, {n_mels}) needs n_fft >= 16 and "
+                    f"1 <= n_mels <= n_fft / 2 + 1"
+                )
         return self
 
 

@@ -12,7 +12,7 @@ from models.config import MelConfig, PriorConfig
 from models.mel import MelFrontEnd
 from models.prior import MelInversionPrior
 from training.config import PriorTrainingConfig
-from training.objectives.prior import prior_terms
+from training.objectives.prior import PriorObjective, mel_scale_front_ends, prior_terms
 from training.objectives.spectral import anti_wrapped, log_mel_distance, phase_losses
 
 MEL = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=20)
@@ -65,3 +65,32 @@ def test_a_few_steps_of_the_prior_objective_lower_it(weights):
         loss.backward()
         optimizer.step()
     assert float(prior_terms(prior, batch, config, front_end)["loss"].detach()) < 0.8 * first
+
+
+def test_the_mel_term_averages_the_front_end_and_every_extra_scale():
+    torch.manual_seed(0)
+    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
+    front_end = MelFrontEnd(MEL)
+    audio = torch.cat([_audio(1), _audio(2)])
+    batch = {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+    config = PriorTrainingConfig(mel_scales=((128, 10), (512, 40)))
+    scales = mel_scale_front_ends(MEL, config.mel_scales)
+    assert [(s.config.n_fft, s.config.hop_length, s.config.n_mels) for s in scales] == [
+        (128, 32, 10),
+        (512, 128, 40),
+    ]
+    with torch.no_grad():
+        terms = prior_terms(prior, batch, config, front_end, tuple(scales))
+        waveform = prior(batch["mel"])
+        real = batch["audio"][:, : waveform.shape[1]]
+        each = [float(log_mel_distance(waveform, real, fe)) for fe in (front_end, *scales)]
+        assert float(terms["mel"]) == pytest.approx(sum(each) / 3, rel=1e-5)
+        assert len(set(round(e, 6) for e in each)) == 3  # the scales see different errors
+        objective = PriorObjective(prior, config, MEL)  # builds the same scales itself
+        assert float(objective(batch)["loss/mel"]) == pytest.approx(float(terms["mel"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [(8, 4), (256, 200), (256, 0)])
+def test_an_impossible_mel_scale_is_refused_in_one_line(scale):
+    with pytest.raises(ValueError, match="prior_training.mel_scales"):
+        PriorTrainingConfig(mel_scales=(scale,))

@@ -18,16 +18,29 @@ from training.config import PriorTrainingConfig
 from training.objectives.spectral import log_mel_distance, multi_resolution_stft, phase_losses
 
 
+def mel_scale_front_ends(mel: MelConfig, scales: tuple[tuple[int, int], ...]) -> list[MelFrontEnd]:
+    """The front ends of ``prior_training.mel_scales``: ``(n_fft, n_mels)``, hop ``n_fft / 4``,
+    the corpus's rate and band (only the log-mel's differences count, so the offset is moot)."""
+    return [
+        MelFrontEnd(mel.model_copy(update={
+            "n_fft": n_fft, "win_length": None, "hop_length": n_fft // 4, "n_mels": n_mels,
+        }))  # fmt: skip
+        for n_fft, n_mels in scales
+    ]
+
+
 def prior_terms(
     prior: MelInversionPrior, batch: dict[str, Tensor], config: PriorTrainingConfig,
-    front_end: MelFrontEnd,
+    front_end: MelFrontEnd, scales: tuple[MelFrontEnd, ...] = (),
 ) -> dict[str, Tensor]:  # fmt: skip
-    """Every loss term (scalars) and the weighted ``loss``."""
+    """Every loss term (scalars) and the weighted ``loss``; ``scales``: more mel front ends
+    whose log-mel L1 is averaged with ``front_end``'s."""
     audio, mel = batch["audio"], batch["mel"]
     spectrum, log_magnitude = prior.spectrum(mel)
     waveform = prior.waveform(spectrum)
     audio = audio[:, : waveform.shape[1]]
-    terms = {"mel": log_mel_distance(waveform, audio, front_end)}
+    mel_distances = [log_mel_distance(waveform, audio, fe) for fe in (front_end, *scales)]
+    terms = {"mel": torch.stack(mel_distances).mean()}
     convergence, magnitude = multi_resolution_stft(waveform, audio, config.stft_ffts)
     terms["stft"] = convergence + magnitude
     loss = config.mel_weight * terms["mel"] + config.stft_weight * terms["stft"]
@@ -63,10 +76,13 @@ class PriorObjective(nn.Module):
         self.prior = prior
         self.config = config
         object.__setattr__(self, "front_end", MelFrontEnd(mel))  # no parameters, not saved
+        object.__setattr__(self, "scales", tuple(mel_scale_front_ends(mel, config.mel_scales)))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         front_end: MelFrontEnd = self.front_end  # type: ignore[assignment]
-        front_end.to(batch["audio"].device)
-        terms = prior_terms(self.prior, batch, self.config, front_end)
+        scales: tuple[MelFrontEnd, ...] = self.scales  # type: ignore[assignment]
+        for module in (front_end, *scales):
+            module.to(batch["audio"].device)
+        terms = prior_terms(self.prior, batch, self.config, front_end, scales)
         return {"loss": terms["loss"], **{f"loss/{k}": v.detach() for k, v in terms.items()
                                           if k != "loss"}}  # fmt: skip
