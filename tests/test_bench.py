@@ -209,3 +209,45 @@ def test_prior_halves_recombines_the_prior_with_the_real_spectrum() -> None:
     inner = slice(128, -128)  # away from the edges the centred frames pad
     for name in ("prior_magnitude_true_phase", "true_magnitude_prior_phase"):
         torch.testing.assert_close(again[name][inner], real[inner], atol=1e-9, rtol=0)
+
+
+def test_prior_runs_scores_each_prior_run_on_the_test_split_and_on_recordings(
+    smoke_pipeline, tmp_path
+) -> None:
+    """benchmarks.prior_runs: the report's test row is the prior's own resynthesis of the test
+    utterances scored against them; a recordings folder is a set; a run without a prior checkpoint
+    is a one-line error."""
+    import soundfile as sf
+
+    from benchmarks.prior_runs import score_prior
+    from training.data.dataset import UtteranceDataset
+    from training.recipes.common import load_prior
+
+    folder = tmp_path / "my-voice"
+    folder.mkdir()
+    t = np.arange(16_000 * 2) / 16_000
+    sf.write(folder / "a.wav", 0.2 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)),
+             16_000)  # fmt: skip
+    out = tmp_path / "priors.json"
+    command = [
+        sys.executable, "-m", "benchmarks.prior_runs", "--data", str(smoke_pipeline.data),
+        "--runs", str(smoke_pipeline.prior), "--recordings", str(folder), "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    rows = report["runs"][str(smoke_pipeline.prior)]
+    assert set(rows) == {"test", "my-voice"}
+    prior = load_prior(smoke_pipeline.prior, torch.device("cpu"))
+    test = UtteranceDataset(smoke_pipeline.data, "test", max_seconds=6.0, limit=10)
+    expected = score_prior(prior, [test[i]["audio"].numpy() for i in range(len(test))])
+    assert rows["test"] == pytest.approx(expected, rel=1e-6)
+    assert -0.5 <= rows["my-voice"]["pesq"] <= 4.6 and rows["my-voice"]["lsd_db"] > 0
+
+    empty = tmp_path / "no-run"
+    empty.mkdir()
+    done = subprocess.run(
+        [*command[:5], "--runs", str(empty)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith(f"{empty}: no trained prior")

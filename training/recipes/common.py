@@ -67,6 +67,11 @@ def load_prior(path: Path, device: torch.device) -> MelInversionPrior:
     return model.to(device).eval()
 
 
+def trained_preset(path: Path, kind: str) -> Preset:
+    """The preset a ``kind`` checkpoint (or run directory) was trained with."""
+    return _trained_state(path, kind)[1]
+
+
 def load_teacher(path: Path, device: torch.device) -> GaussianWaveNet:
     """The EMA teacher from a checkpoint file or a teacher run directory (its best.pt)."""
     state, preset = _trained_state(path, "teacher")
