@@ -51,9 +51,7 @@ def score_prior(prior: MelInversionPrior, clips: list[np.ndarray]) -> dict[str, 
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}
 
 
-def sets(
-    data: Path, recordings: list[Path], run: Path, rate: int
-) -> dict[str, list[np.ndarray]]:
+def sets(data: Path, recordings: list[Path], run: Path, rate: int) -> dict[str, list[np.ndarray]]:
     """The test split as stored, and each recordings folder at the corpus's loudness (as
     ``run``'s bundle would record it)."""
     test = UtteranceDataset(data, "test", max_seconds=MAX_SECONDS, limit=TEST_UTTERANCES)
@@ -93,8 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, prior in priors.items():
         report["runs"][name] = {key: score_prior(prior, audio) for key, audio in clips.items()}
         for key, means in report["runs"][name].items():
-            print(f"{name}  {key}: PESQ-NB {means['pesq']:.2f}  LSD {means['lsd_db']:.2f} dB  "
-                  f"STOI {means['stoi']:.3f}  MCD {means['mcd_db']:.2f} dB", flush=True)  # fmt: skip
+            line = (
+                f"{name}  {key}: PESQ-NB {means['pesq']:.2f}  LSD {means['lsd_db']:.2f} dB  "
+                f"STOI {means['stoi']:.3f}  MCD {means['mcd_db']:.2f} dB"
+            )
+            print(line, flush=True)
     out = args.out or RESULTS / f"prior-runs-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

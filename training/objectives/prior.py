@@ -21,11 +21,10 @@ from training.objectives.spectral import log_mel_distance, multi_resolution_stft
 def mel_scale_front_ends(mel: MelConfig, scales: tuple[tuple[int, int], ...]) -> list[MelFrontEnd]:
     """The front ends of ``prior_training.mel_scales``: ``(n_fft, n_mels)``, hop ``n_fft / 4``,
     the corpus's rate and band (only the log-mel's differences count, so the offset is moot)."""
+    fields = mel.model_dump(exclude={"win_length"})
     return [
-        MelFrontEnd(mel.model_copy(update={
-            "n_fft": n_fft, "win_length": None, "hop_length": n_fft // 4, "n_mels": n_mels,
-        }))  # fmt: skip
-        for n_fft, n_mels in scales
+        MelFrontEnd(MelConfig(**{**fields, "n_fft": n, "hop_length": n // 4, "n_mels": mels}))
+        for n, mels in scales
     ]
 
 
