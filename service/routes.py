@@ -2,9 +2,10 @@
 
 A generation request is admitted (a place under the engine's capacity, 503 at once when
 full) before its body is parsed or its upload decoded; JSON bodies are parsed and validated
-and uploads decoded in a thread, never on the event loop, so the probes answer whatever is in
-flight. The JSON routes read their body themselves (their OpenAPI request body is declared
-with the same schemas, ``json_body``).
+in a thread (large ones in a separate process: service/parsing.py) and uploads decoded in a
+thread, never on the event loop, so the probes answer whatever is in flight. The JSON routes
+read their body themselves (their OpenAPI request body is declared with the same schemas,
+``json_body``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from models.bundle import Bundle
@@ -54,7 +53,6 @@ from service.state import Options, ServiceDep, ServiceState
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-M = TypeVar("M", bound=BaseModel)
 # What a route hands the engine: the request's options, what Vocoder.request prepares, and
 # how many samples that generates (whole hops).
 Work = tuple[Options, dict[str, Any], int]
@@ -142,24 +140,6 @@ async def _respond(service: ServiceState, request: Request, job: Job, options: O
     return Response(data, media_type=media, headers=headers)
 
 
-def _parse(model: type[M], body: bytes, content_type: str | None) -> M:
-    """A JSON body validated against ``model`` (in a thread: this is the costly part of a
-    large body). Errors stop at the first bad value of a mel (``fail_fast``)."""
-    if not body or (content_type and "json" not in content_type.split(";")[0].lower()):
-        raise APIError(
-            400,
-            "the body must be a JSON object sent with Content-Type: application/json",
-            code="invalid_body",
-        )
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in errors]
-        ) from None
-
-
 def _hops(samples: int, hop: int) -> int:
     return -(-samples // hop) * hop
 
@@ -175,24 +155,14 @@ def _conditional(service: ServiceState, endpoint: str) -> None:
         )
 
 
-def _vocode_input(
-    body: bytes, content_type: str | None, bundle: Bundle, settings: Settings
-) -> tuple[VocodeRequest, np.ndarray]:
-    """Parse and check a vocode body: the request and its mel ``(n_mels, M)`` float32."""
-    parsed = _parse(VocodeRequest, body, content_type)
+def _vocode_mel(raw: np.ndarray | str, bundle: Bundle, settings: Settings) -> np.ndarray:
+    """A parsed mel (frames x bands, or base64 text) checked: ``(n_mels, M)`` float32."""
     limit = settings.mel_frame_limit(bundle.sample_rate, bundle.hop_length)
     n_mels = bundle.mel.n_mels
-    if isinstance(parsed.mel, str):
-        raw = mel_from_base64(parsed.mel, n_mels, limit)
-    else:
-        lengths = {len(frame) for frame in parsed.mel}
-        if len(lengths) > 1:
-            raise invalid("mel frames have different band counts", "mel", "mel_bands")
-        raw = np.asarray(parsed.mel, dtype=np.float64)  # range-checked before float32
-        if raw.ndim == 1:
-            raw = raw[None]
+    if isinstance(raw, str):
+        raw = mel_from_base64(raw, n_mels, limit)
     mel = check_mel(raw, n_mels, limit, settings.max_mel_magnitude)
-    return parsed, np.ascontiguousarray(mel.T)
+    return np.ascontiguousarray(mel.T)
 
 
 @router.post(
@@ -215,9 +185,8 @@ async def vocode(request: Request, service: ServiceDep) -> Response:
 
     async def work() -> Work:
         content_type = request.headers.get("content-type")
-        parsed, mel = await service.offload(
-            _vocode_input, body, content_type, bundle, service.settings
-        )
+        parsed, raw = await service.parse("vocode", body, content_type)
+        mel = await service.offload(_vocode_mel, raw, bundle, service.settings)
         options = service.options(parsed)
         return options, {"mel": mel}, mel.shape[1] * bundle.hop_length
 
@@ -293,7 +262,7 @@ async def generate(request: Request, service: ServiceDep) -> Response:
 
     async def work() -> Work:
         content_type = request.headers.get("content-type")
-        parsed = await service.offload(_parse, GenerateRequest, body, content_type)
+        parsed: GenerateRequest = await service.parse("generate", body, content_type)
         options = service.options(parsed)
         low = bundle.hop_length / bundle.sample_rate
         high = service.settings.max_duration_s

@@ -23,6 +23,7 @@ from service.engine import Engine
 from service.errors import APIError, invalid, unavailable
 from service.metrics import ServiceMetrics
 from service.middleware import InFlight
+from service.parsing import FUNCTIONS, LARGE_BODY, Parsers
 from service.schemas import (
     MAX_SEED,
     Architecture,
@@ -59,6 +60,7 @@ class ServiceState:
     background: set[Any] = field(default_factory=set)
     limiter: anyio.CapacityLimiter | None = None
     served_card: ModelCard | None = None
+    parsers: Parsers = field(default_factory=Parsers)
 
     @property
     def ready(self) -> bool:
@@ -98,6 +100,13 @@ class ServiceState:
         self.draining = True
         self.metrics.model_ready.set(0)
         self.unmark_ready()
+
+    async def parse(self, name: str, body: bytes, content_type: str | None) -> Any:
+        """``parsing.FUNCTIONS[name](body, content_type)``: in the parser process for a large
+        body, else in a thread like any blocking work (service/parsing.py)."""
+        if len(body) >= LARGE_BODY:
+            return await self.parsers.run(name, body, content_type)
+        return await self.offload(FUNCTIONS[name], body, content_type)
 
     async def offload(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking work (parsing, decoding, encoding) in a thread, as many at once as

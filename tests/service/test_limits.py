@@ -16,7 +16,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from service import routes
+from service import parsing, routes
 from service.app import create_app
 from service.schemas import GenerateRequest, VocodeRequest
 from tests.service.conftest import mel_of, running, settings_for
@@ -156,14 +156,15 @@ async def test_root_path_does_not_get_around_the_gate(bundles):
 
 
 async def test_json_bodies_are_validated_off_the_event_loop(bundles, monkeypatch):
+    """Small bodies in a thread (large ones in a child process: tests/service/test_parsing.py)."""
     threads: list[bool] = []
-    original = routes._parse
+    original = parsing.parse
 
     def recording(*args: Any) -> Any:
         threads.append(_on_loop())
         return original(*args)
 
-    monkeypatch.setattr(routes, "_parse", recording)
+    monkeypatch.setattr(parsing, "parse", recording)
     async with running(settings_for(bundles["cond"])) as (client, _):
         assert (await client.post("/v1/audio/vocode", json=SILENCE)).status_code == 200
         bad = await client.post("/v1/audio/vocode", json={"mel": [["x"] * 80] * 2000})
