@@ -70,3 +70,21 @@ def test_a_dead_child_is_replaced_and_the_child_ends_with_the_server(parsers):
     child = parsers._child
     parsers.stop()
     assert child.poll() is not None
+
+
+def test_a_child_that_dies_mid_request_costs_that_request_a_503_and_is_replaced(parsers):
+    import subprocess
+    import sys
+
+    # alive when the request starts (it waits for input), gone before it answers
+    dying = "import sys; sys.stdin.buffer.read(8); sys.exit(1)"
+    parsers._child = subprocess.Popen(
+        [sys.executable, "-c", dying], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    body = _large_mel_body()
+    with pytest.raises(APIError) as refused:
+        asyncio.run(parsers.run("vocode", body, JSON))
+    assert refused.value.status == 503 and refused.value.code == "parser_restarted"
+    assert refused.value.headers == {"Retry-After": "1"}
+    _, raw = asyncio.run(parsers.run("vocode", body, JSON))  # a real child again
+    assert np.array_equal(raw, vocode_body(body, JSON)[1])
