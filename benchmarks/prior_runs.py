@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recordings", type=Path, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     priors = {}
     for run in args.runs:
         try:

@@ -102,7 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.begin_drain()
         await asyncio.to_thread(service.engine.stop, settings.drain_timeout_s)
         service.unmark_ready()
-        service.parsers.stop()
+        service.parser.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         torch.set_num_threads(threads)

@@ -111,7 +111,7 @@ def serve(source: IO[bytes], sink: IO[bytes]) -> None:
         _send(sink, _outcome(name, body, content_type))
 
 
-class Parsers:
+class ParserProcess:
     """One child process (``python -m service.parsing``) for large bodies, one body at a time;
     started by the first large body (in a thread: the event loop goes on), again after it
     dies, and stopped with the server. A plain subprocess, not multiprocessing: nothing of the

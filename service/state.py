@@ -23,7 +23,7 @@ from service.engine import Engine
 from service.errors import APIError, invalid, unavailable
 from service.metrics import ServiceMetrics
 from service.middleware import InFlight
-from service.parsing import FUNCTIONS, LARGE_BODY, Parsers
+from service.parsing import FUNCTIONS, LARGE_BODY, ParserProcess
 from service.schemas import (
     MAX_SEED,
     Architecture,
@@ -60,7 +60,7 @@ class ServiceState:
     background: set[Any] = field(default_factory=set)
     limiter: anyio.CapacityLimiter | None = None
     served_card: ModelCard | None = None
-    parsers: Parsers = field(default_factory=Parsers)
+    parser: ParserProcess = field(default_factory=ParserProcess)
 
     @property
     def ready(self) -> bool:
@@ -105,7 +105,7 @@ class ServiceState:
         """``parsing.FUNCTIONS[name](body, content_type)``: in the parser process for a large
         body, else in a thread like any blocking work (service/parsing.py)."""
         if len(body) >= LARGE_BODY:
-            return await self.parsers.run(name, body, content_type)
+            return await self.parser.run(name, body, content_type)
         return await self.offload(FUNCTIONS[name], body, content_type)
 
     async def offload(self, function: Callable[..., T], *args: Any) -> T:

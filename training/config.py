@@ -86,11 +86,6 @@ class DistillationConfig(StrictModel):
     log_scale_weight: float = Field(4.0, ge=0)
     stft_weight: float = Field(1.0, ge=0)
     stft_ffts: tuple[int, ...] = (512, 256, 128)
-    mel_scales: tuple[tuple[int, int], ...] = Field(
-        (),
-        description="more (n_fft, n_mels) scales for the mel L1, hop n_fft / 4, averaged with "
-        "the front end's (DAC's multi-scale mel loss); empty: the front end's mel only",
-    )
     mean_stft_weight: float = Field(
         0.0, ge=0, description="MR-STFT of the student's T = 0 output (its deterministic path)"
     )

@@ -80,7 +80,7 @@ def test_the_mel_term_averages_the_front_end_and_every_extra_scale():
         (512, 128, 40),
     ]
     with torch.no_grad():
-        terms = prior_terms(prior, batch, config, front_end, tuple(scales))
+        terms = prior_terms(prior, batch, config, front_end, scales)
         waveform = prior(batch["mel"])
         real = batch["audio"][:, : waveform.shape[1]]
         each = [float(log_mel_distance(waveform, real, fe)) for fe in (front_end, *scales)]

@@ -18,14 +18,16 @@ from training.config import PriorTrainingConfig
 from training.objectives.spectral import log_mel_distance, multi_resolution_stft, phase_losses
 
 
-def mel_scale_front_ends(mel: MelConfig, scales: tuple[tuple[int, int], ...]) -> list[MelFrontEnd]:
+def mel_scale_front_ends(
+    mel: MelConfig, scales: tuple[tuple[int, int], ...]
+) -> tuple[MelFrontEnd, ...]:
     """The front ends of ``prior_training.mel_scales``: ``(n_fft, n_mels)``, hop ``n_fft / 4``,
     the corpus's rate and band (only the log-mel's differences count, so the offset is moot)."""
     fields = mel.model_dump(exclude={"win_length"})
-    return [
+    return tuple(
         MelFrontEnd(MelConfig(**{**fields, "n_fft": n, "hop_length": n // 4, "n_mels": mels}))
         for n, mels in scales
-    ]
+    )
 
 
 def prior_terms(
@@ -75,7 +77,7 @@ class PriorObjective(nn.Module):
         self.prior = prior
         self.config = config
         object.__setattr__(self, "front_end", MelFrontEnd(mel))  # no parameters, not saved
-        object.__setattr__(self, "scales", tuple(mel_scale_front_ends(mel, config.mel_scales)))
+        object.__setattr__(self, "scales", mel_scale_front_ends(mel, config.mel_scales))
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         front_end: MelFrontEnd = self.front_end  # type: ignore[assignment]
