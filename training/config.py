@@ -116,6 +116,12 @@ class PriorTrainingConfig(StrictModel):
         "angular_frequency",
     )
     phase_magnitude_weighted: bool = Field(False, description="weigh bins by target magnitude")
+    phase_ffts: tuple[int, ...] = Field(
+        (),
+        description="more STFT sizes (hop n_fft / 4) at which the phase losses compare the "
+        "prior's waveform with the real segment, averaged with the head's own; empty: the "
+        "head's STFT only",
+    )
     speed_range: tuple[float, float] | None = Field(
         None,
         description="play training segments at a random speed in [low, high] (pitch and "
@@ -131,6 +137,10 @@ class PriorTrainingConfig(StrictModel):
                     f"prior_training.mel_scales: ({n_fft}, {n_mels}) needs n_fft >= 16 and "
                     f"1 <= n_mels <= n_fft / 2 + 1"
                 )
+        if any(n_fft < 16 for n_fft in self.phase_ffts):
+            raise ValueError(
+                f"prior_training.phase_ffts: every n_fft must be >= 16, got {list(self.phase_ffts)}"
+            )
         return self
 
 

@@ -13,7 +13,12 @@ from models.mel import MelFrontEnd
 from models.prior import MelInversionPrior
 from training.config import PriorTrainingConfig
 from training.objectives.prior import PriorObjective, mel_scale_front_ends, prior_terms
-from training.objectives.spectral import anti_wrapped, log_mel_distance, phase_losses
+from training.objectives.spectral import (
+    anti_wrapped,
+    complex_stft,
+    log_mel_distance,
+    phase_losses,
+)
 
 MEL = MelConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=20)
 
@@ -94,3 +99,36 @@ def test_the_mel_term_averages_the_front_end_and_every_extra_scale():
 def test_an_impossible_mel_scale_is_refused_in_one_line(scale):
     with pytest.raises(ValueError, match="prior_training.mel_scales"):
         PriorTrainingConfig(mel_scales=(scale,))
+
+
+def test_the_phase_term_averages_the_head_and_every_extra_resolution():
+    torch.manual_seed(0)
+    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
+    front_end = MelFrontEnd(MEL)
+    audio = torch.cat([_audio(1), _audio(2)])
+    batch = {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+    head_only = PriorTrainingConfig(phase_weight=1.0, phase_terms=("group_delay",))
+    config = head_only.model_copy(update={"phase_ffts": (128, 512)})
+    with torch.no_grad():
+        head = float(prior_terms(prior, batch, head_only, front_end)["phase"])
+        waveform = prior(batch["mel"])
+        real = batch["audio"][:, : waveform.shape[1]]
+        each = [head]
+        for size in (128, 512):
+            predicted, target = complex_stft(waveform, size), complex_stft(real, size)
+            kept = slice(2, target.shape[-1] - 2)
+            each.append(
+                float(phase_losses(predicted[..., kept], target[..., kept], ("group_delay",)))
+            )
+        assert float(prior_terms(prior, batch, config, front_end)["phase"]) == pytest.approx(
+            sum(each) / 3, rel=1e-5
+        )
+        assert len(set(round(e, 6) for e in each)) == 3  # each resolution sees its own error
+        # the real segment against itself: no phase error at any resolution
+        same = complex_stft(real, 128)
+        assert float(phase_losses(same, same, ("group_delay",))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_phase_resolution_too_small_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="prior_training.phase_ffts"):
+        PriorTrainingConfig(phase_ffts=(8,))

@@ -2,7 +2,8 @@
 
 Mel L1 (natural-log mel, HiFi-GAN's weight 45) plus the multi-resolution STFT distance, and
 optionally, at the head's own STFT (frames whose target sees reflect padding left out): the
-log-magnitude L2 and APNet's anti-wrapped phase losses. No adversary: on a CPU budget a GAN
+log-magnitude L2 and APNet's anti-wrapped phase losses, the latter also at more STFT sizes
+(``phase_ffts``) on the waveform re-analysed. No adversary: on a CPU budget a GAN
 has ~10^3 steps where it needs 10^5 (docs/architecture.md, measurements).
 """
 
@@ -15,7 +16,12 @@ from models.config import MelConfig
 from models.mel import MelFrontEnd
 from models.prior import MelInversionPrior
 from training.config import PriorTrainingConfig
-from training.objectives.spectral import log_mel_distance, multi_resolution_stft, phase_losses
+from training.objectives.spectral import (
+    complex_stft,
+    log_mel_distance,
+    multi_resolution_stft,
+    phase_losses,
+)
 
 
 def mel_scale_front_ends(
@@ -58,10 +64,18 @@ def prior_terms(
             terms["magnitude"] = (log_magnitude[..., inner] - log_target).square().mean()
             loss = loss + config.magnitude_weight * terms["magnitude"]
         if config.phase_weight:
-            terms["phase"] = phase_losses(
+            phases = [phase_losses(
                 spectrum[..., inner], target[..., inner], config.phase_terms,
                 config.phase_magnitude_weighted,
-            )  # fmt: skip
+            )]  # fmt: skip
+            for size in config.phase_ffts:  # the waveform re-analysed at more resolutions
+                predicted, real = (complex_stft(x, size) for x in (waveform, audio))
+                kept = slice(2, real.shape[-1] - 2)  # windows clear of the reflect padding
+                phases.append(phase_losses(
+                    predicted[..., kept], real[..., kept], config.phase_terms,
+                    config.phase_magnitude_weighted,
+                ))  # fmt: skip
+            terms["phase"] = torch.stack(phases).mean()
             loss = loss + config.phase_weight * terms["phase"]
     terms["loss"] = loss
     return terms

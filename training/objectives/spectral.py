@@ -11,13 +11,17 @@ from torch import Tensor
 from models.mel import MelFrontEnd
 
 
-def stft_magnitude(x: Tensor, n_fft: int) -> Tensor:
-    """``(B, T)`` -> ``(B, n_fft // 2 + 1, frames)`` magnitude, Hann window, hop ``n_fft / 4``."""
+def complex_stft(x: Tensor, n_fft: int) -> Tensor:
+    """``(B, T)`` -> ``(B, n_fft // 2 + 1, frames)`` complex, Hann window, hop ``n_fft / 4``."""
     window = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
-    spec = torch.stft(
+    return torch.stft(
         x, n_fft, hop_length=n_fft // 4, window=window, center=True, return_complex=True
     )
-    return spec.abs()
+
+
+def stft_magnitude(x: Tensor, n_fft: int) -> Tensor:
+    """``(B, T)`` -> ``(B, n_fft // 2 + 1, frames)`` magnitude, Hann window, hop ``n_fft / 4``."""
+    return complex_stft(x, n_fft).abs()
 
 
 def multi_resolution_stft(
