@@ -7,7 +7,10 @@ On the held-out test split, at the prior's own STFT (its n_fft, the mel's hop), 
 spectrum is recombined with the real audio's: the prior's magnitude with the true phase, the
 true magnitude with the prior's phase, and Griffin-Lim iterations started from the prior's
 phase on its magnitude. Each waveform is scored against the real audio (PESQ-NB, LSD, STOI,
-MCD), beside the prior itself. Writes a JSON report into benchmarks/results/.
+MCD), beside the prior itself and the bundle's student at its default temperature (what it
+serves); for each, where in frequency the LSD is lost (the RMS dB difference per band) and its
+DC offset (mean sample value; the real audio's too). Writes a JSON report into
+benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from torch import Tensor
 from benchmarks.common import RESULTS, machine
 from models.prior import MelInversionPrior
 from models.vocoder import load
-from training.evaluation.metrics import all_metrics
+from training.evaluation.metrics import all_metrics, band_errors
+
+BANDS_HZ = [0.0, 32.0, 250.0, 1000.0, 2000.0, 3000.0, 24000.0]  # the last band ends at Nyquist
 
 
 def recombinations(prior: MelInversionPrior, mel: Tensor, real: Tensor) -> dict[str, Tensor]:
@@ -69,19 +74,41 @@ def measure(bundle: Path, data: Path, utterances: int) -> dict[str, Any]:
     if len(test) == 0:
         raise SystemExit(f"{data} has no test utterances")
     rate = vocoder.sample_rate
+    student = vocoder.student
+    edges = [edge for edge in BANDS_HZ if edge < rate / 2] + [rate / 2 + 1]
+    labels = [
+        f"{low:g}-{min(high, rate / 2):g} Hz" for low, high in zip(edges, edges[1:], strict=False)
+    ]
     rows: dict[str, list[dict[str, float]]] = {}
     with torch.inference_mode():
         for index in range(len(test)):
             item = test[index]
             real = item["audio"].to(prior.window.dtype)
-            for name, audio in recombinations(prior, item["mel"], real).items():
+            outputs = recombinations(prior, item["mel"], real)
+            context = student.context(mel=item["mel"][None])
+            noise = student.draw_noise(context, vocoder.default_temperature)
+            outputs["student"] = student.generate(context, noise=noise)[0]
+            for name, audio in {"real": real, **outputs}.items():
                 reference = real[: audio.shape[0]].numpy()
-                rows.setdefault(name, []).append(all_metrics(reference, audio.numpy(), rate))
+                row = {"dc_offset": float(audio.mean())}
+                if name != "real":
+                    row |= all_metrics(reference, audio.numpy(), rate)
+                    bands = band_errors(reference, audio.numpy(), rate, edges)
+                    row |= {
+                        f"band_rms_db {label}": e for label, e in zip(labels, bands, strict=True)
+                    }
+                rows.setdefault(name, []).append(row)
     means = {
         name: {k: float(np.mean([r[k] for r in values])) for k in values[0]}
         for name, values in rows.items()
     }
-    return {"machine": machine(), "bundle": str(bundle), "utterances": len(test), **means}
+    return {
+        "machine": machine(),
+        "bundle": str(bundle),
+        "utterances": len(test),
+        "student_temperature": vocoder.default_temperature,
+        **means,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -251,3 +251,40 @@ def test_prior_runs_scores_each_prior_run_on_the_test_split_and_on_recordings(
     )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith(f"{empty}: no trained prior")
+
+
+def test_band_errors_put_a_dc_offset_in_the_lowest_band_only() -> None:
+    """An offset added to a signal (fading in and out over the clip, so the zero-padded edge
+    frames see no step) changes its Hann-windowed STFT at 0 Hz and the next bins only (15.6 Hz
+    apart at 512 points, 8 kHz): its LSD lands in the band below 32 Hz."""
+    from training.evaluation.metrics import band_errors
+
+    t = np.arange(8000) / 8000
+    generator = np.random.default_rng(0)
+    reference = 0.3 * np.sin(2 * np.pi * 200 * t) + 0.01 * generator.standard_normal(8000)
+    edges = [0.0, 32.0, 1000.0, 4001.0]
+    assert band_errors(reference, reference, 8000, edges) == [0.0, 0.0, 0.0]
+    offset = 0.01 * np.hanning(8000)  # below 1 Hz
+    low, middle, high = band_errors(reference, reference + offset, 8000, edges)
+    assert low > 10.0
+    assert middle < 0.05 and high < 1e-3
+
+
+def test_prior_halves_reports_the_served_student_with_its_bands_and_dc(smoke_pipeline, tmp_path):
+    """benchmarks.prior_halves on the smoke run: the prior, its recombinations and the bundle's
+    student, each with PESQ/LSD, the RMS dB error in bands spanning 0 Hz to Nyquist and its DC
+    offset; the real audio's DC offset beside them."""
+    out = tmp_path / "halves.json"
+    command = [
+        sys.executable, "-m", "benchmarks.prior_halves", "--bundle", str(smoke_pipeline.bundle),
+        "--data", str(smoke_pipeline.data), "--utterances", "2", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["real"]) == {"dc_offset"}
+    for name in ("prior", "student", "prior_magnitude_true_phase"):
+        row = report[name]
+        bands = [key for key in row if key.startswith("band_rms_db ")]
+        assert bands[0].endswith(" 0-32 Hz") and bands[-1].endswith("-4000 Hz"), bands
+        assert all(row[key] >= 0 for key in bands) and "lsd_db" in row and "dc_offset" in row

@@ -30,11 +30,30 @@ def log_spectral_distance(reference: np.ndarray, estimate: np.ndarray, n_fft: in
     Both spectra are floored at 80 dB below the reference's peak so digital silence in one
     signal does not dominate; Hann window, hop n_fft / 4.
     """
+    diff = _db_difference(reference, estimate, n_fft)
+    return float(np.mean(np.sqrt(np.mean(diff**2, axis=0))))
+
+
+def band_errors(
+    reference: np.ndarray, estimate: np.ndarray, sample_rate: int, edges_hz: list[float],
+    n_fft: int = 512,
+) -> list[float]:  # fmt: skip
+    """The RMS dB difference (LSD's, same floor) within each band ``[edges[i], edges[i+1])``,
+    over all frames: where in frequency a resynthesis loses its LSD."""
+    diff = _db_difference(reference, estimate, n_fft)  # (F, frames)
+    hz = np.arange(diff.shape[0]) * sample_rate / n_fft
+    return [
+        float(np.sqrt(np.mean(diff[(hz >= low) & (hz < high)] ** 2)))
+        for low, high in zip(edges_hz[:-1], edges_hz[1:], strict=True)
+    ]
+
+
+def _db_difference(reference: np.ndarray, estimate: np.ndarray, n_fft: int) -> np.ndarray:
+    """``(F, frames)`` dB power differences, both floored 80 dB below the reference's peak."""
     ref = _power(reference, n_fft)
     est = _power(estimate, n_fft)
     floor = ref.max() * 1e-8 + EPS
-    diff = 10.0 * np.log10(np.maximum(ref, floor)) - 10.0 * np.log10(np.maximum(est, floor))
-    return float(np.mean(np.sqrt(np.mean(diff**2, axis=0))))
+    return 10.0 * np.log10(np.maximum(ref, floor)) - 10.0 * np.log10(np.maximum(est, floor))
 
 
 def _power(signal: np.ndarray, n_fft: int) -> np.ndarray:
