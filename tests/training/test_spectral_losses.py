@@ -30,6 +30,15 @@ def _audio(seed: int, length: int = 2048) -> torch.Tensor:
     return (0.2 * tone + 0.01 * torch.randn(length, generator=generator))[None]
 
 
+def _prior_case() -> tuple[MelInversionPrior, MelFrontEnd, dict[str, torch.Tensor]]:
+    """A small seeded prior, its front end and a batch of two tones-plus-noise segments."""
+    torch.manual_seed(0)
+    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
+    front_end = MelFrontEnd(MEL)
+    audio = torch.cat([_audio(1), _audio(2)])
+    return prior, front_end, {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+
+
 def test_anti_wrapped_distance_ignores_whole_turns():
     angles = torch.tensor([0.0, 2 * math.pi, -4 * math.pi, 0.5, 0.5 + 2 * math.pi, math.pi])
     torch.testing.assert_close(
@@ -56,11 +65,7 @@ def test_log_mel_distance_is_zero_at_the_target_and_grows_with_the_error():
 
 @pytest.mark.parametrize("weights", [{}, {"magnitude_weight": 1.0, "phase_weight": 1.0}])
 def test_a_few_steps_of_the_prior_objective_lower_it(weights):
-    torch.manual_seed(0)
-    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
-    front_end = MelFrontEnd(MEL)
-    audio = torch.cat([_audio(1), _audio(2)])
-    batch = {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+    prior, front_end, batch = _prior_case()
     config = PriorTrainingConfig(**weights)
     optimizer = torch.optim.Adam(prior.parameters(), lr=3e-3)
     first = float(prior_terms(prior, batch, config, front_end)["loss"].detach())
@@ -73,11 +78,7 @@ def test_a_few_steps_of_the_prior_objective_lower_it(weights):
 
 
 def test_the_mel_term_averages_the_front_end_and_every_extra_scale():
-    torch.manual_seed(0)
-    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
-    front_end = MelFrontEnd(MEL)
-    audio = torch.cat([_audio(1), _audio(2)])
-    batch = {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+    prior, front_end, batch = _prior_case()
     config = PriorTrainingConfig(mel_scales=((128, 10), (512, 40)))
     scales = mel_scale_front_ends(MEL, config.mel_scales)
     assert [(s.config.n_fft, s.config.hop_length, s.config.n_mels) for s in scales] == [
@@ -102,11 +103,7 @@ def test_an_impossible_mel_scale_is_refused_in_one_line(scale):
 
 
 def test_the_phase_term_averages_the_head_and_every_extra_resolution():
-    torch.manual_seed(0)
-    prior = MelInversionPrior(PriorConfig(enabled=True, n_fft=256, channels=16, layers=2), MEL)
-    front_end = MelFrontEnd(MEL)
-    audio = torch.cat([_audio(1), _audio(2)])
-    batch = {"audio": audio[:, :1984], "mel": front_end(audio)[..., :32]}
+    prior, front_end, batch = _prior_case()
     head_only = PriorTrainingConfig(phase_weight=1.0, phase_terms=("group_delay",))
     config = head_only.model_copy(update={"phase_ffts": (128, 512)})
     with torch.no_grad():
