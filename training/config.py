@@ -89,6 +89,9 @@ class DistillationConfig(StrictModel):
     mean_stft_weight: float = Field(
         0.0, ge=0, description="MR-STFT of the student's T = 0 output (its deterministic path)"
     )
+    dc_weight: float = Field(
+        0.0, ge=0, description="the T = 0 output's DC offset against the real segment's"
+    )
     temperature: float = Field(1.0, gt=0, description="z0 scale during distillation")
     train_prior: bool = Field(False, description="go on training the prior (else frozen)")
 
@@ -109,6 +112,7 @@ class PriorTrainingConfig(StrictModel):
         "the front end's (DAC's multi-scale mel loss); empty: the front end's mel only",
     )
     magnitude_weight: float = Field(0.0, ge=0, description="L2 of the head's log-magnitude")
+    dc_weight: float = Field(0.0, ge=0, description="the waveform's DC offset against the real's")
     phase_weight: float = Field(0.0, ge=0, description="APNet's anti-wrapped phase losses")
     phase_terms: tuple[Literal["instantaneous", "group_delay", "angular_frequency"], ...] = (
         "instantaneous",

@@ -16,6 +16,7 @@ from training.objectives.prior import PriorObjective, mel_scale_front_ends, prio
 from training.objectives.spectral import (
     anti_wrapped,
     complex_stft,
+    dc_distance,
     log_mel_distance,
     phase_losses,
 )
@@ -63,6 +64,17 @@ def test_log_mel_distance_is_zero_at_the_target_and_grows_with_the_error():
     )
 
 
+def test_dc_distance_is_an_offsets_size_relative_to_the_targets_rms_and_blind_to_speech():
+    audio = torch.cat([_audio(3, 4000), _audio(4, 4000)])  # 220 + 660 Hz tones and noise
+    rms = float(audio.square().mean().sqrt())
+    assert float(dc_distance(audio, audio)) == 0.0
+    offsets = torch.tensor([[3e-3], [-1e-3]])
+    assert float(dc_distance(audio + offsets, audio)) == pytest.approx(2e-3 / rms, rel=1e-3)
+    # what speech-band content differs by is not an offset: a 100 Hz hum, 10 % of the level
+    hum = 0.02 * torch.sin(2 * math.pi * 100 * torch.arange(4000) / 8000)
+    assert float(dc_distance(audio + hum, audio)) < 1e-3 * float(dc_distance(audio + 0.02, audio))
+
+
 @pytest.mark.parametrize("weights", [{}, {"magnitude_weight": 1.0, "phase_weight": 1.0}])
 def test_a_few_steps_of_the_prior_objective_lower_it(weights):
     prior, front_end, batch = _prior_case()
@@ -75,6 +87,19 @@ def test_a_few_steps_of_the_prior_objective_lower_it(weights):
         loss.backward()
         optimizer.step()
     assert float(prior_terms(prior, batch, config, front_end)["loss"].detach()) < 0.8 * first
+
+
+def test_the_priors_dc_term_is_the_dc_distance_of_its_waveform_added_with_its_weight():
+    prior, front_end, batch = _prior_case()
+    with torch.no_grad():
+        plain = prior_terms(prior, batch, PriorTrainingConfig(), front_end)
+        weighted = prior_terms(prior, batch, PriorTrainingConfig(dc_weight=7.0), front_end)
+        waveform = prior(batch["mel"])
+    assert "dc" not in plain
+    term = float(dc_distance(waveform, batch["audio"][:, : waveform.shape[1]]))
+    assert term > 0
+    assert float(weighted["dc"]) == pytest.approx(term, rel=1e-6)
+    torch.testing.assert_close(weighted["loss"], plain["loss"] + 7.0 * weighted["dc"])
 
 
 def test_the_mel_term_averages_the_front_end_and_every_extra_scale():

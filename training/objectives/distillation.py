@@ -20,7 +20,7 @@ from models.teacher import GaussianWaveNet
 from models.transforms import gaussian_log_prob
 from training.config import DistillationConfig
 from training.objectives.context import model_context
-from training.objectives.spectral import multi_resolution_stft
+from training.objectives.spectral import dc_distance, multi_resolution_stft
 
 
 def distillation_terms(
@@ -62,7 +62,8 @@ def distillation_terms(
 
 class DistillObjective(nn.Module):
     """Student loss = w_kl KL + w_ls (log s_student - log s_teacher)^2 + w_stft MR-STFT
-    (+ w_mean MR-STFT of the T = 0 output, the sample the bundle serves at temperature 0).
+    (+ w_mean MR-STFT of the T = 0 output, the sample the bundle serves at temperature 0,
+    + w_dc its DC offset against the real segment's).
 
     The teacher is frozen (eval mode, no parameter gradients) and not registered, so DDP
     neither syncs nor saves it.
@@ -93,13 +94,18 @@ class DistillObjective(nn.Module):
             + cfg.stft_weight * (convergence + magnitude)
         )
         extra: dict[str, Tensor] = {}
-        if cfg.mean_stft_weight > 0:  # the deterministic path (T = 0) against the real segment
+        if cfg.mean_stft_weight > 0 or cfg.dc_weight > 0:  # the deterministic path (T = 0)
             mean_waveform = self.student.generate(context, temperature=0.0)
+        if cfg.mean_stft_weight > 0:  # against the real segment
             mean_convergence, mean_magnitude = multi_resolution_stft(
                 mean_waveform, real, cfg.stft_ffts
             )
             loss = loss + cfg.mean_stft_weight * (mean_convergence + mean_magnitude)
             extra["loss/mean_stft"] = (mean_convergence + mean_magnitude).detach()
+        if cfg.dc_weight > 0:  # its DC offset, which no STFT loss resolves
+            dc = dc_distance(mean_waveform, real)
+            loss = loss + cfg.dc_weight * dc
+            extra["loss/dc"] = dc.detach()
         return {
             **extra,
             "loss": loss,

@@ -1,10 +1,11 @@
 """The mel-inversion prior's objective: its waveform against the real segment.
 
 Mel L1 (natural-log mel, HiFi-GAN's weight 45) plus the multi-resolution STFT distance, and
-optionally, at the head's own STFT (frames whose target sees reflect padding left out): the
-log-magnitude L2 and APNet's anti-wrapped phase losses, the latter also at more STFT sizes
-(``phase_ffts``) on the waveform re-analysed. No adversary: on a CPU budget a GAN
-has ~10^3 steps where it needs 10^5 (docs/architecture.md, measurements).
+optionally: the DC offset against the real segment's; at the head's own STFT (frames whose
+target sees reflect padding left out), the log-magnitude L2 and APNet's anti-wrapped phase
+losses, the latter also at more STFT sizes (``phase_ffts``) on the waveform re-analysed. No
+adversary: on a CPU budget a GAN has ~10^3 steps where it needs 10^5 (docs/architecture.md,
+measurements).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from models.prior import MelInversionPrior
 from training.config import PriorTrainingConfig
 from training.objectives.spectral import (
     complex_stft,
+    dc_distance,
     log_mel_distance,
     multi_resolution_stft,
     phase_losses,
@@ -51,6 +53,9 @@ def prior_terms(
     convergence, magnitude = multi_resolution_stft(waveform, audio, config.stft_ffts)
     terms["stft"] = convergence + magnitude
     loss = config.mel_weight * terms["mel"] + config.stft_weight * terms["stft"]
+    if config.dc_weight:  # the DC offset, which no STFT loss resolves (spectral.dc_distance)
+        terms["dc"] = dc_distance(waveform, audio)
+        loss = loss + config.dc_weight * terms["dc"]
     if config.magnitude_weight or config.phase_weight:
         n_fft, hop = prior.config.n_fft, prior.mel_config.hop_length
         target = torch.stft(

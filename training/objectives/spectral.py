@@ -50,6 +50,20 @@ def multi_resolution_stft(
     return convergence / len(ffts), log_distance / len(ffts)
 
 
+def dc_distance(prediction: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
+    """The DC offsets' mean absolute difference over the batch, relative to the target's RMS.
+
+    Each segment's offset is its Hann-weighted mean (the segment-long DFT's bin 0, whose main
+    lobe is a few hertz wide, so speech barely reaches it): what the STFT losses cannot see
+    because at their window lengths the lowest bin holds the speech's leakage.
+    """
+    window = torch.hann_window(prediction.shape[-1], periodic=False, dtype=prediction.dtype,
+                               device=prediction.device)  # fmt: skip
+    window = window / window.sum()
+    offset = (prediction - target) @ window  # (B,)
+    return offset.abs().mean() / (target.square().mean().sqrt() + eps)
+
+
 def log_mel_distance(prediction: Tensor, target: Tensor, front_end: MelFrontEnd) -> Tensor:
     """Mean absolute difference of the natural-log mels (HiFi-GAN's mel loss), the model's own
     front end for both."""
