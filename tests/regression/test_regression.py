@@ -34,7 +34,10 @@ from models.vocoder import load
 from tests.regression.fixture import CLIPS, REFERENCE, ROOT, SEED, TEMPERATURE, clip, materialise
 from tests.service.test_server import free_port, server
 
-FLOAT_TOLERANCE = 1e-6  # float32 rounding of a different summation order (measured: 3e-8)
+# float32 rounding of a different summation order and of another CPU's kernels (measured: 3e-8
+# on the Intel Xeon host that recorded it, 2.6e-6 on an AMD EPYC host); 1e-5 is -100 dBFS,
+# three orders below what any change to the model or its loading moves
+FLOAT_TOLERANCE = 1e-5
 REFERENCE_DATA = json.loads(REFERENCE.read_text())
 
 
@@ -110,7 +113,12 @@ def test_module_fast_path_streams_and_batches_match_the_recording(inputs, onednn
         batched = fast.generate(stacked, noises)
         for index, (key, context, noise) in enumerate(cases):
             alone = fast.generate(context, noise)[0]
-            assert torch.equal(batched[index, : context.num_samples], alone)
+            # bitwise on the Intel host that recorded it; on an AMD EPYC host BLAS's last bits
+            # depend on a product's row count (a 700-sample clip padded into a batch: 1.5e-8
+            # on 47 samples, the piece sizes differ), so the same-rounding bound holds there
+            torch.testing.assert_close(
+                batched[index, : context.num_samples], alone, rtol=0, atol=1e-7
+            )
             assert_like_summary(alone.numpy(), f"{key}/fast_batched", FLOAT_TOLERANCE)
 
 
