@@ -113,6 +113,10 @@ class PriorTrainingConfig(StrictModel):
     )
     magnitude_weight: float = Field(0.0, ge=0, description="L2 of the head's log-magnitude")
     dc_weight: float = Field(0.0, ge=0, description="the waveform's DC offset against the real's")
+    consistency_weight: float = Field(
+        0.0, ge=0, description="APNet's STFT consistency: the head's spectrum against the STFT "
+        "of its own waveform, relative to its norm",
+    )  # fmt: skip
     phase_weight: float = Field(0.0, ge=0, description="APNet's anti-wrapped phase losses")
     phase_terms: tuple[Literal["instantaneous", "group_delay", "angular_frequency"], ...] = (
         "instantaneous",

@@ -16,6 +16,7 @@ from training.objectives.prior import PriorObjective, mel_scale_front_ends, prio
 from training.objectives.spectral import (
     anti_wrapped,
     complex_stft,
+    consistency_distance,
     dc_distance,
     log_mel_distance,
     phase_losses,
@@ -75,7 +76,47 @@ def test_dc_distance_is_an_offsets_size_relative_to_the_targets_rms_and_blind_to
     assert float(dc_distance(audio + hum, audio)) < 1e-3 * float(dc_distance(audio + 0.02, audio))
 
 
-@pytest.mark.parametrize("weights", [{}, {"magnitude_weight": 1.0, "phase_weight": 1.0}])
+def test_consistency_is_zero_for_a_real_signals_stft_and_sees_a_made_up_phase():
+    prior, _, batch = _prior_case()
+    n_fft, hop = prior.config.n_fft, MEL.hop_length
+    window = prior.window
+    audio = batch["audio"][:, : 31 * hop]  # 32 frames centred hop apart
+
+    def stft(x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x, n_fft, hop, window=window, center=True, return_complex=True)
+
+    inner = slice(n_fft // 2 // hop, 32 - n_fft // 2 // hop)
+    spectrum = stft(audio)
+    again = stft(prior.waveform(spectrum))
+    assert float(consistency_distance(spectrum[..., inner], again[..., inner])) < 1e-5
+    scrambled = spectrum.abs() * torch.exp(1j * 6.283 * torch.rand(spectrum.shape))
+    again = stft(prior.waveform(scrambled))
+    assert float(consistency_distance(scrambled[..., inner], again[..., inner])) > 0.3
+
+
+def test_the_priors_consistency_term_is_added_with_its_weight():
+    prior, front_end, batch = _prior_case()
+    with torch.no_grad():
+        plain = prior_terms(prior, batch, PriorTrainingConfig(), front_end)
+        weighted = prior_terms(prior, batch, PriorTrainingConfig(consistency_weight=3.0), front_end)
+        spectrum, _ = prior.spectrum(batch["mel"])
+        again = torch.stft(
+            prior.waveform(spectrum), prior.config.n_fft, MEL.hop_length, window=prior.window,
+            center=True, return_complex=True,
+        )  # fmt: skip
+    assert "consistency" not in plain
+    edge = prior.config.n_fft // 2 // MEL.hop_length
+    inner = slice(edge, spectrum.shape[-1] - edge)
+    term = float(consistency_distance(spectrum[..., inner], again[..., inner]))
+    assert 0 < term < 2  # a fresh head's spectrum is no signal's
+    assert float(weighted["consistency"]) == pytest.approx(term, rel=1e-6)
+    torch.testing.assert_close(weighted["loss"], plain["loss"] + 3.0 * weighted["consistency"])
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [{}, {"magnitude_weight": 1.0, "phase_weight": 1.0}, {"consistency_weight": 1.0}],
+)
 def test_a_few_steps_of_the_prior_objective_lower_it(weights):
     prior, front_end, batch = _prior_case()
     config = PriorTrainingConfig(**weights)

@@ -1,7 +1,8 @@
 """The mel-inversion prior's objective: its waveform against the real segment.
 
 Mel L1 (natural-log mel, HiFi-GAN's weight 45) plus the multi-resolution STFT distance, and
-optionally: the DC offset against the real segment's; at the head's own STFT (frames whose
+optionally: the DC offset against the real segment's; APNet's STFT consistency (the head's
+spectrum against its own waveform re-analysed); at the head's own STFT (frames whose
 target sees reflect padding left out), the log-magnitude L2 and APNet's anti-wrapped phase
 losses, the latter also at more STFT sizes (``phase_ffts``) on the waveform re-analysed. No
 adversary: on a CPU budget a GAN has ~10^3 steps where it needs 10^5 (docs/architecture.md,
@@ -19,6 +20,7 @@ from models.prior import MelInversionPrior
 from training.config import PriorTrainingConfig
 from training.objectives.spectral import (
     complex_stft,
+    consistency_distance,
     dc_distance,
     log_mel_distance,
     multi_resolution_stft,
@@ -56,14 +58,21 @@ def prior_terms(
     if config.dc_weight:  # the DC offset, which no STFT loss resolves (spectral.dc_distance)
         terms["dc"] = dc_distance(waveform, audio)
         loss = loss + config.dc_weight * terms["dc"]
+    n_fft, hop = prior.config.n_fft, prior.mel_config.hop_length
+    edge = n_fft // 2 // hop  # frames whose window reaches the reflect padding
+    inner = slice(edge, spectrum.shape[-1] - edge)
+    if config.consistency_weight:  # the head's frames against its own waveform re-analysed
+        again = torch.stft(
+            waveform, n_fft, hop, window=prior.window.to(waveform.dtype), center=True,
+            return_complex=True,
+        )  # fmt: skip
+        terms["consistency"] = consistency_distance(spectrum[..., inner], again[..., inner])
+        loss = loss + config.consistency_weight * terms["consistency"]
     if config.magnitude_weight or config.phase_weight:
-        n_fft, hop = prior.config.n_fft, prior.mel_config.hop_length
         target = torch.stft(
             audio, n_fft, hop, window=prior.window.to(audio.dtype), center=True,
             return_complex=True,
         )  # fmt: skip
-        edge = n_fft // 2 // hop
-        inner = slice(edge, target.shape[-1] - edge)
         if config.magnitude_weight:
             log_target = torch.log(target[..., inner].abs().clamp_min(1e-5))
             terms["magnitude"] = (log_magnitude[..., inner] - log_target).square().mean()

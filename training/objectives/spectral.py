@@ -64,6 +64,16 @@ def dc_distance(prediction: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor
     return offset.abs().mean() / (target.square().mean().sqrt() + eps)
 
 
+def consistency_distance(spectrum: Tensor, reanalysed: Tensor, eps: float = 1e-5) -> Tensor:
+    """APNet's STFT consistency: how far a predicted complex spectrum is from the STFT of the
+    waveform its inverse STFT makes, ``||STFT(iSTFT(S)) - S|| / ||S||`` (0 exactly when ``S``
+    is the STFT of some signal). Frames whose re-analysis sees the padding must be left out by
+    the caller."""
+    return torch.linalg.vector_norm(reanalysed - spectrum) / (
+        torch.linalg.vector_norm(spectrum) + eps
+    )
+
+
 def log_mel_distance(prediction: Tensor, target: Tensor, front_end: MelFrontEnd) -> Tensor:
     """Mean absolute difference of the natural-log mels (HiFi-GAN's mel loss), the model's own
     front end for both."""
