@@ -78,6 +78,7 @@ VARIANTS = [
         excitation=True,
         prior=True,
     ),
+    Variant("sf-prior", conditional=True, source_filter=True, speakers=False, prior=True),
     Variant("plain-prior", conditional=True, source_filter=False, speakers=True, prior=True),
 ]
 VARIANT_IDS = [v.name for v in VARIANTS]

@@ -2,10 +2,12 @@
 and real speech clips.
 
 The bundles hold a small random student (fresh heads are zero-initialised, which would make
-every flow the identity), saved and loaded through the real bundle format. Three kinds:
-conditional source-filter (the default product), conditional with three named speakers,
-conditional with pitch as the cpu-8k preset has it (source channels, three pitch-lagged
-inputs and the mixed-excitation flow), and unconditional (plain, no source filter).
+every flow the identity), saved and loaded through the real bundle format. Five kinds:
+conditional source-filter, conditional with three named speakers, the default product's
+(the mel-inversion prior and source filter, served at temperature 0), conditional with
+pitch (source channels, three pitch-lagged inputs and the mixed-excitation flow: cpu-8k's
+teacher reads the pitch, its student no longer does, the smoke preset's does), and
+unconditional (plain, no source filter).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from models.bundle import save_bundle
 from models.config import (
     MelConfig,
     PitchConfig,
+    PriorConfig,
     SourceFilterConfig,
     StudentConfig,
     WaveNetConfig,
@@ -74,6 +77,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             root / "pitch",
             tiny_student(3, pitch=PitchConfig(enabled=True, lag_taps=3), mixed_excitation=True),
             card=CARD,
+        ),
+        "prior": save_bundle(  # cpu-8k's student: the prior h(mel), source filter, no pitch
+            root / "prior",
+            tiny_student(4, prior=PriorConfig(enabled=True, n_fft=400, channels=8, layers=1)),
+            card=CARD,
+            default_temperature=0.0,
         ),
         "uncond": save_bundle(
             root / "uncond",

@@ -56,7 +56,15 @@ def requests_for(kind: str, speech: list[Path]) -> list[tuple[str, dict[str, Any
 
 @pytest.mark.parametrize(
     ("kind", "exact"),
-    [("cond", True), ("cond", False), ("multi", True), ("pitch", True), ("uncond", True)],
+    [
+        ("cond", True),
+        ("cond", False),
+        ("multi", True),
+        ("pitch", True),
+        ("prior", True),
+        ("prior", False),
+        ("uncond", True),
+    ],
 )
 async def test_batched_requests_equal_each_request_alone(bundles, speech, kind, exact):
     requests = requests_for(kind, speech)
@@ -107,7 +115,9 @@ def test_stacked_contexts_pad_by_repeating_the_last_block(bundles, speech):
     assert torch.equal(stacked.lpc.gain[0, 4:], contexts[0].lpc.gain[0, -1:].expand(4))
 
 
-@pytest.mark.parametrize(("kind", "exact"), [("cond", True), ("cond", False), ("pitch", False)])
+@pytest.mark.parametrize(
+    ("kind", "exact"), [("cond", True), ("cond", False), ("pitch", False), ("prior", False)]
+)
 async def test_stream_concatenation_equals_the_whole_clip(bundles, speech, kind, exact):
     mel = mel_of(speech[2], None)
     settings = settings_for(bundles[kind], stream_chunk_s=0.05, exact=exact)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.training.pipeline.support import DISTILWAVE, REPO
-from training.config import available_presets
+from training.config import ConfigError, available_presets
 
 NO_PRESET = f"no preset 'nope' (available: {', '.join(available_presets())})"
 
@@ -139,10 +139,36 @@ def test_default_presets_distil_the_model_they_are_documented_with():
 
     for name in ("cpu-8k", "cpu-8k-long"):
         preset = load_preset(name)
-        # the mel-inversion prior in both models (the same one), source-filter + pitch on the
-        # residual, no mixed excitation (its pulses cost LSD on top of the prior: measured)
+        # the mel-inversion prior in both models (the same one), source-filter on the residual,
+        # pitch inputs in the teacher only, no mixed excitation (measured: the student's pitch
+        # inputs and pulses cost speed and LSD on top of the prior); the previous student is
+        # one switch away (student.pitch.enabled=true gives the teacher's pitch settings)
         assert preset.teacher.prior.enabled and preset.student.prior == preset.teacher.prior
-        assert preset.teacher.pitch.enabled and preset.student.pitch.enabled
+        assert preset.teacher.pitch.enabled and not preset.student.pitch.enabled
         assert preset.teacher.source_filter.enabled and preset.student.source_filter.enabled
         assert not preset.student.mixed_excitation
-        assert preset.student.pitch == preset.teacher.pitch
+        assert preset.student.pitch.model_copy(update={"enabled": True}) == preset.teacher.pitch
+
+
+@pytest.mark.parametrize("name", ["cpu-8k", "cpu-8k-long"])
+def test_the_documented_switches_to_the_previous_students_validate(name):
+    from models.student import IAFStudent
+    from training.config import load_preset
+
+    # the previous default student (pitch inputs, three lag taps), and the 0.1.0 model (no
+    # prior, pitch, mixed excitation): the overrides README and the preset's header give
+    pitch = load_preset(name, ["student.pitch.enabled=true"])
+    assert pitch.student.pitch == pitch.teacher.pitch and pitch.student.pitch.lag_taps == 3
+    old = load_preset(name, [
+        "student.prior.enabled=false", "teacher.prior.enabled=false",
+        "student.pitch.enabled=true", "student.mixed_excitation=true",
+    ])  # fmt: skip
+    assert IAFStudent(old.student, old.mel).flows.names() == [
+        "excitation",
+        "wavenet_1",
+        "wavenet_2",
+        "gain",
+        "synthesis",
+    ]
+    with pytest.raises(ConfigError, match="mixed_excitation needs pitch"):
+        load_preset(name, ["student.mixed_excitation=true"])
