@@ -76,6 +76,13 @@ class TeacherTrainingConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     loop: LoopConfig = LoopConfig()
     sample_seconds: float = Field(0.25, ge=0, description="autoregressive audio sample length")
+    input_noise: float = Field(
+        0.0,
+        ge=0,
+        description="Gaussian noise added to the past the teacher reads while training, in units "
+        "of the residual's RMS in each frame (LPCNet's robustness to its own samples); the "
+        "likelihood is still of the clean x",
+    )
 
 
 class DistillationConfig(StrictModel):

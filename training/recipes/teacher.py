@@ -54,7 +54,7 @@ class TeacherRecipe:
             teacher.prior.requires_grad_(False)
         teacher = teacher.to(dist.device)
         self.model: nn.Module = teacher
-        self.objective: nn.Module = TeacherObjective(teacher)
+        self.objective: nn.Module = TeacherObjective(teacher, preset.teacher_training.input_noise)
         loop = preset.teacher_training.loop
         self.validation = UtteranceDataset(
             data_dir, "val", max_seconds=loop.val_max_seconds, limit=loop.val_utterances
