@@ -42,14 +42,8 @@ class TeacherObjective(nn.Module):
 def frame_rms(signal: Tensor, hop: int) -> Tensor:
     """``(B, T)``: each sample's value is the RMS of its ``hop``-sample frame (the last frame
     may be shorter), without gradient."""
-    batch, steps = signal.shape
-    frames = -(-steps // hop)
-    padded = torch.nn.functional.pad(signal.detach(), (0, frames * hop - steps))
-    power = padded.reshape(batch, frames, hop).pow(2).sum(-1)
-    counts = torch.full((frames,), float(hop), dtype=signal.dtype, device=signal.device)
-    counts[-1] = steps - (frames - 1) * hop
-    rms = (power / counts).sqrt()
-    return rms.repeat_interleave(hop, dim=1)[:, :steps]
+    power = nn.functional.avg_pool1d(signal.detach().pow(2)[:, None], hop, ceil_mode=True)
+    return power[:, 0].sqrt().repeat_interleave(hop, dim=1)[:, : signal.shape[1]]
 
 
 @torch.no_grad()
