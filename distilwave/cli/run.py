@@ -68,10 +68,11 @@ def pipeline_command(
     resume: ResumeOption = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """The whole job: fetch -> prepare -> [prior] -> teacher -> student -> evaluate -> export.
+    """The whole job: fetch -> prepare -> prior -> teacher -> student -> evaluate -> export.
 
     Uses the default corpus (asterisk-core-sounds-en-wav) unless --source or data.corpus says
-    otherwise; everything lands in --run-dir (default runs/<preset>-<timestamp>).
+    otherwise; everything lands in --run-dir (default runs/<preset>-<timestamp>). The prior
+    stage runs when the student has the mel-inversion prior.
     """
     from training.pipeline import run_pipeline
 

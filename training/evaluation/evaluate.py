@@ -185,9 +185,11 @@ def evaluate(
                 str(out_dir / "figures" / f"spectrogram_{index}_{_file_id(item['id'])}.png"),
             )
 
-    clips = teacher_clips(preset, teacher, student, items, generator)
+    # from the whole test split: the evaluated utterances can be shorter than the clips asked for
+    pool = UtteranceDataset(data_dir, "test", max_seconds=cfg.max_seconds)
+    clips = teacher_clips(preset, teacher, student, pool, generator)
     first = clips.pop("first_clip")
-    clip_id = _file_id(items[0]["id"])
+    clip_id = _file_id(clips["ids"][0])
     for name, audio in first.items():
         sf.write(out_dir / "audio" / f"{clip_id}_clip_{name}.wav", np.clip(audio, -1, 1), rate)
     fig = spectrogram_figure(
@@ -196,7 +198,7 @@ def evaluate(
             if "teacher_served" in first else {}),
          "student": first["student"], "Griffin-Lim": first["griffin_lim"]},
         rate,
-        title=f"{items[0]['id']} (first {clips['seconds_per_clip']:.2f} s)",
+        title=f"{clips['ids'][0]} (first {clips['seconds_per_clip']:.2f} s)",
     )  # fmt: skip
     save_figure(fig, str(out_dir / "figures" / "teacher_clip.png"))
     kl_closed, kl_closed_se = mean_and_stderr(torch.cat(closed))
