@@ -47,6 +47,7 @@ class Variant:
     pitch: bool = False
     excitation: bool = False  # the student's mixed-excitation flow, and 3 pitch-lag taps
     prior: bool = False  # the mel-inversion prior: the student's last step x = h + u
+    flows: int = 2  # the student's WaveNet flows
 
     def __str__(self) -> str:
         return self.name
@@ -80,6 +81,10 @@ VARIANTS = [
     ),
     Variant("sf-prior", conditional=True, source_filter=True, speakers=False, prior=True),
     Variant("plain-prior", conditional=True, source_filter=False, speakers=True, prior=True),
+    # cpu-8k's student: one flow on the residual of the prior
+    Variant(
+        "sf-prior-1flow", conditional=True, source_filter=True, speakers=False, prior=True, flows=1
+    ),
 ]
 VARIANT_IDS = [v.name for v in VARIANTS]
 SOURCE_FILTER_VARIANTS = [v for v in VARIANTS if v.source_filter]
@@ -141,10 +146,10 @@ def teacher_config(
 
 
 def student_config(
-    variant: Variant, kernel_size: int = 2, weight_norm: bool = False, flows: int = 2
+    variant: Variant, kernel_size: int = 2, weight_norm: bool = False, flows: int | None = None
 ) -> StudentConfig:
     return StudentConfig(
-        flows=flows,
+        flows=variant.flows if flows is None else flows,
         wavenet=wavenet_config(kernel_size, weight_norm),
         upsampler=TINY_UPSAMPLER,
         source_filter=source_filter_config(variant.source_filter),
@@ -199,7 +204,7 @@ def make_student(
     dtype: torch.dtype = torch.float64,
     seed: int = 1,
     std: float = 0.3,
-    flows: int = 2,
+    flows: int | None = None,
 ) -> IAFStudent:
     student = IAFStudent(student_config(variant, kernel_size, weight_norm, flows), TINY_MEL)
     student = student.to(dtype)
