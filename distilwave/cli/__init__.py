@@ -15,6 +15,7 @@ import typer
 from models.errors import UserError
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="distilwave",
     help="Fast neural audio generation by distillation: data, training, evaluation, serving.",
     no_args_is_help=True,

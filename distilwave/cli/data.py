@@ -12,7 +12,12 @@ from models.errors import UserError
 from training.config import load_preset
 from training.data.sources import LAYOUTS
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
 
 SHOW_SKIPPED = 20
 

@@ -19,6 +19,7 @@ from distilwave.cli.options import (
 from training.config import load_preset
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Train the prior (spectral losses), the teacher (maximum likelihood) or distil the "
     "student (reverse KL).",
     no_args_is_help=True,
