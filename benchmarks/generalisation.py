@@ -23,7 +23,6 @@ prior h(mel) alone when the bundle has one, and the difference) into benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +37,7 @@ import torch
 
 from benchmarks.common import RESULTS, SPEECH, machine
 from models.audio import normalize_loudness
+from models.files import atomic_write_json
 from models.vocoder import Vocoder, load
 from training.evaluation.baselines import griffin_lim
 from training.evaluation.metrics import all_metrics
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     for folder in args.recordings:
         sets[folder.name] = recordings_set(folder, rate)
     started = time.perf_counter()
-    report = {
+    report: dict[str, Any] = {
         "machine": machine(),
         "bundle": str(args.bundle),
         "temperature": vocoder.default_temperature,
@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     report["seconds"] = time.perf_counter() - started
     out = args.out or RESULTS / f"generalisation-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out, report, sort_keys=False)
     for name, result in report["sets"].items():
         voc, gl = result["vocoder"], result["griffin_lim"]
         print(  # noqa: T201

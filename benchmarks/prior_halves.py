@@ -16,7 +16,6 @@ benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import RESULTS, machine
+from models.files import atomic_write_json
 from models.prior import MelInversionPrior
 from models.vocoder import load
 from training.evaluation.metrics import all_metrics, band_errors
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     report = measure(args.bundle, args.data, args.utterances)
     out = args.out or RESULTS / f"prior-halves-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out, report, sort_keys=False)
     for name, values in report.items():
         if isinstance(values, dict) and "pesq" in values:
             print(f"{name:<50} PESQ-NB {values['pesq']:.2f}  LSD {values['lsd_db']:.2f} dB")  # noqa: T201

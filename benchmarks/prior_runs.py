@@ -15,7 +15,6 @@ folder. Writes a JSON report into benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from benchmarks.common import RESULTS, machine
 from benchmarks.generalisation import recordings_set
 from models.audio import normalize_loudness
 from models.errors import UserError
+from models.files import atomic_write_json
 from models.mel import MelFrontEnd
 from models.prior import MelInversionPrior
 from training.data.dataset import UtteranceDataset
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(line, flush=True)
     out = args.out or RESULTS / f"prior-runs-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out, report, sort_keys=False)
     print(f"wrote {out}")
 
 

@@ -28,6 +28,7 @@ from benchmarks.generation import generation
 from benchmarks.limits import limit, scaling, thread_counts
 from benchmarks.training_speed import training_section
 from models.errors import UserError
+from models.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,5 @@ def run_benchmarks(
     report["bench_seconds"] = time.perf_counter() - started
     if out is None:
         out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out, report, sort_keys=False)
     return report, out

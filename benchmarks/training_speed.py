@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from benchmarks.common import newest
+from models.files import atomic_write_json
 from models.prior import MelInversionPrior
 from models.teacher import GaussianWaveNet
 from training.config import load_preset
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run(args)
     if result["rank"] == 0:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.out, result, sort_keys=False)
 
 
 if __name__ == "__main__":
