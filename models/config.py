@@ -204,6 +204,9 @@ class TeacherConfig(StrictModel):
     source_filter: SourceFilterConfig = SourceFilterConfig()
     pitch: PitchConfig = PitchConfig()
     prior: PriorConfig = PriorConfig()
+    # with the prior: True models r = x - h (h an exact shift of the mean, and a source
+    # channel); False models x itself and reads h only as a source channel
+    prior_shift: bool = True
     conditional: bool = True
     n_speakers: int = Field(0, ge=0)
     log_scale_floor: float = Field(-12.0, le=0.0)

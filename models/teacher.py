@@ -50,6 +50,7 @@ class TeacherConditioner(Conditioner):
     With the mel-inversion prior it models the residual ``r = x - h`` (``h`` the prior's
     waveform, conditioning): everything below runs on ``r`` and the mean gets ``h_t`` back, an
     exact shift, so the step is still one MAF over ``x``; ``h`` is also a source channel.
+    With ``prior_shift`` off it models ``x`` itself and reads ``h`` only as that channel.
 
     On the delayed input ``d_t = x_{t-1}``: ``y'_t = d_t - rho d_{t-1}`` (= ``y_{t-1}``),
     the prediction ``p_t = -sum_k a_k y_{t-k}``, the excitation
@@ -66,7 +67,7 @@ class TeacherConditioner(Conditioner):
         )
         self.source_filter = config.source_filter if config.source_filter.enabled else None
         self.log_scale_floor = config.log_scale_floor
-        self.models_residual = config.prior.enabled
+        self.models_residual = config.prior.enabled and config.prior_shift
 
     def forward(
         self, delayed: Tensor, context: Context, position: int = 0, past: Any = None

@@ -48,6 +48,7 @@ class Variant:
     excitation: bool = False  # the student's mixed-excitation flow, and 3 pitch-lag taps
     prior: bool = False  # the mel-inversion prior: the student's last step x = h + u
     flows: int = 2  # the student's WaveNet flows
+    prior_shift: bool = True  # the teacher models x - h (else x, reading h as a channel only)
 
     def __str__(self) -> str:
         return self.name
@@ -84,6 +85,16 @@ VARIANTS = [
     # cpu-8k's student: one flow on the residual of the prior
     Variant(
         "sf-prior-1flow", conditional=True, source_filter=True, speakers=False, prior=True, flows=1
+    ),
+    # the teacher reads h as a source channel only, not as a shift of its mean
+    Variant(
+        "sf-pitch-prior-noshift",
+        conditional=True,
+        source_filter=True,
+        speakers=False,
+        pitch=True,
+        prior=True,
+        prior_shift=False,
     ),
 ]
 VARIANT_IDS = [v.name for v in VARIANTS]
@@ -140,6 +151,7 @@ def teacher_config(
         source_filter=source_filter_config(variant.source_filter, preemphasis),
         pitch=pitch_config(variant.pitch, 3 if variant.excitation else 1),
         prior=prior_config(variant.prior),
+        prior_shift=variant.prior_shift,
         conditional=variant.conditional,
         n_speakers=N_SPEAKERS if variant.speakers else 0,
     )

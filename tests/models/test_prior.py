@@ -8,6 +8,7 @@ import torch
 from models.config import MelConfig, PriorConfig
 from models.mel import MelFrontEnd
 from models.prior import MelInversionPrior, mel_pseudo_inverse
+from models.teacher import GaussianWaveNet
 from tests.models.helpers import VARIANTS, make_context, make_student, make_teacher, random_signal
 
 PRIOR = next(v for v in VARIANTS if v.prior and v.source_filter)
@@ -74,3 +75,21 @@ def test_the_teacher_with_a_prior_scores_x_as_the_residual_x_minus_h():
     torch.testing.assert_close(
         teacher.log_prob(x, context), teacher.log_prob(other_x, other), rtol=0, atol=1e-9
     )
+
+
+def test_the_teacher_without_the_shift_scores_x_as_the_shifted_teacher_scores_x_plus_h():
+    # prior_shift=False changes only where h enters: the same weights score x exactly as the
+    # shifted teacher scores x + h (h still the same source channel in both)
+    noshift = next(v for v in VARIANTS if v.prior and not v.prior_shift)
+    teacher = make_teacher(noshift)
+    shifted_config = teacher.config.model_copy(update={"prior_shift": True})
+    shifted = GaussianWaveNet(shifted_config, teacher.mel_config).double()
+    shifted.load_state_dict(teacher.state_dict())
+    shifted.eval()
+    context = make_context(teacher, noshift, frames=5)
+    x = random_signal(context, seed=5)
+    mean, log_scale = teacher.conditionals(x, context)
+    mean_shifted, log_scale_shifted = shifted.conditionals(x + context.prior, context)
+    torch.testing.assert_close(mean + context.prior, mean_shifted, rtol=0, atol=1e-10)
+    torch.testing.assert_close(log_scale, log_scale_shifted, rtol=0, atol=1e-10)
+    assert not torch.allclose(mean, mean_shifted)  # the switch is not a no-op

@@ -143,6 +143,7 @@ def test_source_filter_teacher_with_a0_g1_rho0_equals_plain_teacher(variant, ker
         variant.pitch,
         variant.excitation,
         prior=variant.prior,
+        prior_shift=variant.prior_shift,
     )
     plain = make_teacher(plain_variant, kernel_size)
     plain.load_state_dict(filtered.state_dict())
@@ -168,7 +169,7 @@ def test_source_filter_teacher_mean_holds_the_lpc_prediction(variant):
     torch.nn.init.zeros_(teacher.flow.conditioner.net.head_out.bias)
     context = make_context(teacher, variant, frames=3)
     signal = random_signal(context, seed=6)
-    shift = context.prior if variant.prior else torch.zeros_like(signal)
+    shift = context.prior if variant.prior and variant.prior_shift else torch.zeros_like(signal)
     x = signal - shift  # what the source-filter structure runs on
     rho = teacher.config.source_filter.preemphasis
     previous = torch.nn.functional.pad(x, (1, 0))[:, :-1]
