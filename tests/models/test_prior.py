@@ -3,12 +3,13 @@ pseudo-inverse magnitude, and its place in the student (an exact shift) and the 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from models.config import MelConfig, PriorConfig
 from models.mel import MelFrontEnd
 from models.prior import MelInversionPrior, mel_pseudo_inverse
-from models.teacher import GaussianWaveNet
 from tests.models.helpers import VARIANTS, make_context, make_student, make_teacher, random_signal
 
 PRIOR = next(v for v in VARIANTS if v.prior and v.source_filter)
@@ -82,10 +83,8 @@ def test_the_teacher_without_the_shift_scores_x_as_the_shifted_teacher_scores_x_
     # shifted teacher scores x + h (h still the same source channel in both)
     noshift = next(v for v in VARIANTS if v.prior and not v.prior_shift)
     teacher = make_teacher(noshift)
-    shifted_config = teacher.config.model_copy(update={"prior_shift": True})
-    shifted = GaussianWaveNet(shifted_config, teacher.mel_config).double()
+    shifted = make_teacher(dataclasses.replace(noshift, prior_shift=True))
     shifted.load_state_dict(teacher.state_dict())
-    shifted.eval()
     context = make_context(teacher, noshift, frames=5)
     x = random_signal(context, seed=5)
     mean, log_scale = teacher.conditionals(x, context)

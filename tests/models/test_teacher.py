@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -16,7 +17,6 @@ from tests.models.helpers import (
     SOURCE_FILTER_VARIANTS,
     VARIANT_IDS,
     VARIANTS,
-    Variant,
     make_context,
     make_teacher,
     random_signal,
@@ -135,16 +135,7 @@ def test_teacher_sample_is_seeded_by_its_generator(variant):
 @KERNELS
 def test_source_filter_teacher_with_a0_g1_rho0_equals_plain_teacher(variant, kernel_size):
     filtered = make_teacher(variant, kernel_size, preemphasis=0.0)
-    plain_variant = Variant(
-        "plain",
-        variant.conditional,
-        False,
-        variant.speakers,
-        variant.pitch,
-        variant.excitation,
-        prior=variant.prior,
-        prior_shift=variant.prior_shift,
-    )
+    plain_variant = dataclasses.replace(variant, name="plain", source_filter=False)
     plain = make_teacher(plain_variant, kernel_size)
     plain.load_state_dict(filtered.state_dict())
     context = make_context(filtered, variant)
